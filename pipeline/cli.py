@@ -1,0 +1,165 @@
+"""Command line: ``splade-pipeline <stage> ...`` (also ``python -m pipeline``). Parsing only.
+
+Options follow Pyserini's names (--index, --topics, --output, --hits, --threads, --batch-size,
+--encoder). Errors the user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show Anserini's and the JVM's logging")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _model_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    parser.add_argument("--encoder", default=None,
+                        help="splade-tiny (embedded, default), a local checkpoint folder or a Hugging Face id")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--max-length", type=int, default=512 if defaults else None,
+                        help="token limit per text" + (" (default 512)" if defaults else " (default: the index's)"))
+    parser.add_argument("--pooling", choices=("max", "sum"), default="max" if defaults else None,
+                        help="max (SPLADE v2) or sum (v1)" + (" (default max)" if defaults else ""))
+    parser.add_argument("--scale", type=float, default=100 if defaults else None,
+                        help="quantisation: weight = int(round(w * scale))" + (" (default 100)" if defaults else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splade-pipeline",
+                                     description="SPLADE model -> Lucene impact index -> scored TREC run.")
+    parser.add_argument("--version", action="version", version=f"splade-pipeline {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("encode", help="corpus -> JsonVectorCollection of quantised SPLADE vectors")
+    p.add_argument("--corpus", required=True, type=Path,
+                   help="BEIR corpus.jsonl, JsonCollection .jsonl or MS MARCO collection.tsv (.gz too)")
+    p.add_argument("--output", required=True, type=Path, help="collection folder, e.g. collections/NAME")
+    _model_options(p)
+    p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard (default 10000)")
+    p.add_argument("--overwrite", action="store_true", help="encode again even if the collection is complete")
+    _common(p)
+
+    p = commands.add_parser("index", help="collection -> Lucene impact index (Anserini IndexCollection)")
+    p.add_argument("--collection", required=True, type=Path, help="collection folder from encode")
+    p.add_argument("--index", required=True, type=Path, help="index folder, e.g. indexes/NAME")
+    p.add_argument("--threads", type=int, default=None, help="indexing threads (default: all cores)")
+    p.add_argument("--store-raw", action="store_true", help="store each document's JSON in the index")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the index is complete")
+    _common(p)
+
+    p = commands.add_parser("search", help="topics -> run file, by impact search")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--topics", type=Path, help="BEIR queries.jsonl or TSV 'qid<TAB>text'")
+    p.add_argument("--encoded-queries", type=Path,
+                   help='pre-encoded queries: JSONL {"id", "vector"} or Anserini\'s cached .tsv(.gz)')
+    p.add_argument("--output", required=True, type=Path, help="run file, e.g. runs/run.NAME.txt")
+    p.add_argument("--hits", type=int, default=1000, help="hits per query (default 1000)")
+    p.add_argument("--remove-query", action="store_true", help="drop hits whose id equals the query id (BEIR)")
+    p.add_argument("--format", choices=("trec", "msmarco"), default="trec", help="run format (default trec)")
+    p.add_argument("--run-tag", default="splade", help="last column of TREC runs (default splade)")
+    _model_options(p, defaults=False)
+    p.add_argument("--force", action="store_true", help="search even if settings differ from the index's")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run file")
+    _common(p)
+
+    p = commands.add_parser("evaluate", help="run + qrels -> trec_eval figures")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--qrels", required=True, type=Path, help="TREC qrels or BEIR qrels TSV")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="e.g. nDCG@10 R@100 MRR@10 MAP P@30 (default by collection kind: MS MARCO "
+                        "MRR@10 R@1000; TREC DL nDCG@10 MAP R@1000 at level 2; BEIR nDCG@10 R@100)")
+    p.add_argument("--level", type=int, default=None,
+                   help="lowest grade counted relevant by binary measures (trec_eval -l; TREC DL: 2)")
+    p.add_argument("--judged-run-only", action="store_true",
+                   help="average over queries in both run and qrels (trec_eval without -c)")
+    p.add_argument("--per-query", action="store_true", help="also print each query's figures")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p)
+
+    p = commands.add_parser("run", help="all four stages on a BEIR-format folder")
+    p.add_argument("--dataset", required=True, type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
+    p.add_argument("--name", default=None, help="name for outputs (default: the folder's name)")
+    p.add_argument("--split", default="test", help="qrels split (default test)")
+    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--root", type=Path, default=Path("."), help="where collections/, indexes/, runs/ go")
+    _model_options(p)
+    p.add_argument("--overwrite", action="store_true", help="redo every stage")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p)
+
+    p = commands.add_parser("demo", help="the whole pipeline on an embedded corpus, with explained hits")
+    p.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
+    p.add_argument("--query", default="q6", help="demo query to explain (q1..q10, default q6)")
+    p.add_argument("--threads", type=int, default=None)
+    _common(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline import stages
+
+    progress = not args.quiet
+    if args.command == "encode":
+        stages.encode(args.corpus, args.output, args.encoder, args.batch_size, args.max_length, args.pooling,
+                      args.scale, args.threads, args.shard_size, args.overwrite, progress)
+    elif args.command == "index":
+        stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose)
+    elif args.command == "search":
+        stages.search(args.index, args.output, args.topics, args.encoder, args.hits, args.remove_query,
+                      args.format, args.threads, args.batch_size, args.encoded_queries, args.scale,
+                      args.pooling, args.max_length, args.force, args.overwrite, args.run_tag, progress)
+    elif args.command == "evaluate":
+        from pipeline.evaluate import evaluate_files
+
+        result = evaluate_files(args.run, args.qrels, args.metrics, args.level, not args.judged_run_only)
+        if not args.per_query:
+            result.pop("per_query")
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_evaluation(result)
+    elif args.command == "run":
+        from pipeline.experiment import results_table, run_dataset
+
+        result = run_dataset(args.dataset, args.encoder, args.name, args.root, args.split, args.hits, args.threads,
+                             args.batch_size, args.scale, args.pooling, args.max_length, args.overwrite,
+                             progress=progress, verbose=args.verbose)
+        print(json.dumps(result, indent=2) if args.json else results_table([result]))
+    elif args.command == "demo":
+        from pipeline.demo import run_demo
+
+        run_demo(args.workdir, args.query, threads=args.threads)
+    return 0
+
+
+def _print_evaluation(result: dict) -> None:
+    for qid, values in (result.get("per_query") or {}).items():
+        print("\t".join([qid, *(f"{name} {value:.4f}" for name, value in values.items())]))
+    print(f"queries\t{result['queries']}")
+    for name, value in result["metrics"].items():
+        print(f"{name}\t{value:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        from pipeline import jvm
+
+        jvm.VERBOSE = True
+    try:
+        return _run(args)
+    except PipelineError as exc:
+        print(f"splade-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"splade-pipeline {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,302 @@
+"""The encode stage: a corpus becomes an Anserini JsonVectorCollection of quantised SPLADE vectors.
+
+Layout of ``collections/NAME/``::
+
+    plan.json          settings and shard boundaries, fixed by a first validation pass
+    vectors/           the JsonVectorCollection (what Anserini indexes): part-00000.jsonl, ...
+    shards/            one small JSON per finished shard (counts, postings, checksum)
+    manifest.json      written last: the collection is complete only when it exists
+
+Shards are independent units: ``encode_shard(folder, index, encoder)`` needs only the plan, so
+a cluster engine (Ray) can map it over shard indices and call ``finish`` afterwards. Each shard is
+written to a temporary file and renamed, so a killed run leaves whole shards or none; running the
+same command again encodes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline import __version__
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.readers import Document, corpus_format, iter_lines, parse_document, read_corpus
+
+PLAN = "plan.json"
+MANIFEST = "manifest.json"
+VECTORS = "vectors"
+SHARDS = "shards"
+TMP = ".tmp"
+DEFAULT_SHARD_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Everything that changes the bytes of a collection; a resumed run must match it exactly."""
+
+    encoder: dict[str, str]
+    pooling: str
+    scale: float
+    max_length: int
+    batch_size: int
+
+    def key(self) -> dict[str, Any]:
+        """The fields compared between runs (the encoder by fingerprint, not by where it lies)."""
+        fields = asdict(self)
+        fields["encoder"] = self.encoder["fingerprint"]
+        return fields
+
+
+def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Human-readable list of the settings that differ, e.g. ``scale 100 -> 50``."""
+    return [f"{name} {recorded.get(name)!r} -> {value!r}" for name, value in wanted.items()
+            if recorded.get(name) != value]
+
+
+# -- small file helpers ------------------------------------------------------------------------
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, sync, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"unreadable: {exc}") from None
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+# -- the validation pass -----------------------------------------------------------------------
+
+def source_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str, Any]:
+    """Read the whole corpus once: validate every record, find duplicate ids, fix shard boundaries.
+
+    Only shard starts and one 8-byte hash per id are kept, so memory stays small at any corpus size.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    fmt = corpus_format(path)
+    shards: list[dict[str, int]] = []
+    hashes = np.empty(1 << 16, dtype=np.int64)
+    count = empty = 0
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="validate", disable=not progress,
+              file=sys.stderr) as bar:
+        done = 0
+        for offset, doc in read_corpus(path, fmt):
+            if count % shard_size == 0:
+                shards.append({"offset": offset, "line": doc.line, "documents": 0})
+            shards[-1]["documents"] += 1
+            if count == len(hashes):
+                hashes = np.resize(hashes, 2 * len(hashes))
+            hashes[count] = hash(doc.id)
+            count += 1
+            empty += not doc.text
+            if count % 4096 == 0:
+                bar.update(offset - done)
+                done = offset
+        bar.update(bar.total - done)
+    if not count:
+        raise InputError(path, "no documents")
+    _check_duplicates(path, fmt, hashes[:count])
+    return {"source": {**source_identity(path), "format": fmt}, "shard_size": shard_size,
+            "documents": count, "empty_documents": empty, "shards": shards}
+
+
+def _check_duplicates(path: Path, fmt: str, hashes) -> None:
+    """Sort the id hashes; on a collision, re-read the file to name the duplicate and both lines."""
+    import numpy as np
+
+    ordered = np.sort(hashes)
+    clashes = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not clashes:
+        return
+    seen: dict[str, int] = {}
+    for _, doc in read_corpus(path, fmt):
+        if hash(doc.id) in clashes:
+            if doc.id in seen:
+                raise InputError(path, f"duplicate document id {doc.id!r} (first at line {seen[doc.id]})", doc.line)
+            seen[doc.id] = doc.line
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+def shard_documents(plan: dict[str, Any], index: int) -> Iterator[Document]:
+    """The documents of one shard, read from its recorded byte offset."""
+    source = plan["source"]
+    shard = plan["shards"][index]
+    path = Path(source["path"])
+    reader = read_corpus(path, source["format"], start=shard["offset"], first_line=shard["line"])
+    for _, (_, doc) in zip(range(shard["documents"]), reader):
+        yield doc
+
+
+def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int], Any] | None = None
+                 ) -> dict[str, Any]:
+    """Encode shard ``index`` of the planned collection in ``folder`` and write it atomically.
+
+    Idempotent and independent of other shards: the unit of work for resuming and for a cluster.
+    """
+    plan = read_json(folder / PLAN)
+    settings = plan["settings"]
+    docs = list(shard_documents(plan, index))
+    expected = plan["shards"][index]["documents"]
+    if len(docs) != expected:
+        raise InputError(plan["source"]["path"], f"shard {index} expected {expected} documents, found "
+                                                 f"{len(docs)}: the corpus changed since it was planned")
+    scale = settings["scale"]
+    texts = [doc.text for doc in docs if doc.text]
+    vectors = iter(encoder.encode(texts, settings["batch_size"], on_batch=on_progress))
+    lines, postings = [], []
+    for doc in docs:
+        terms = encoder.to_terms(next(vectors), scale) if doc.text else {}
+        lines.append(json.dumps({"id": doc.id, "contents": doc.text, "vector": terms},
+                                ensure_ascii=False).encode() + b"\n")
+        postings.append(len(terms))
+    if on_progress and len(texts) < len(docs):
+        on_progress(len(docs) - len(texts))  # empty documents are kept, with an empty vector
+    data = b"".join(lines)
+    name = shard_name(index)
+    write_atomic(folder / VECTORS / f"{name}.jsonl", data)
+    info = {"file": f"{VECTORS}/{name}.jsonl", "documents": len(docs),
+            "empty_documents": sum(1 for doc in docs if not doc.text),
+            "postings": sum(postings), "max_postings": max(postings, default=0),
+            "sha256": hashlib.sha256(data).hexdigest()}
+    write_json(folder / SHARDS / f"{name}.json", info)
+    return info
+
+
+def finished_shards(folder: Path, plan: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Shards whose file and record both exist and agree (checksum); the rest must be (re)encoded."""
+    done = {}
+    for index in range(len(plan["shards"])):
+        record_path = folder / SHARDS / f"{shard_name(index)}.json"
+        vector_path = folder / VECTORS / f"{shard_name(index)}.jsonl"
+        if record_path.is_file() and vector_path.is_file():
+            record = read_json(record_path)
+            if record.get("documents") == plan["shards"][index]["documents"]:
+                done[index] = record
+    return done
+
+
+def finish(folder: Path) -> dict[str, Any]:
+    """Check every shard and write the manifest; called once all shards are encoded."""
+    plan = read_json(folder / PLAN)
+    done = finished_shards(folder, plan)
+    missing = [shard_name(i) for i in range(len(plan["shards"])) if i not in done]
+    if missing:
+        raise PipelineError(f"{folder}: {len(missing)} shard(s) not encoded yet ({', '.join(missing[:3])}...)")
+    records = [done[i] for i in range(len(plan["shards"]))]
+    documents = sum(r["documents"] for r in records)
+    if documents != plan["documents"]:
+        raise PipelineError(f"{folder}: shards hold {documents} documents, the corpus {plan['documents']}")
+    postings = sum(r["postings"] for r in records)
+    manifest = {
+        "format": "JsonVectorCollection", "created_by": f"splade-pipeline {__version__}",
+        "source": plan["source"], **plan["settings"],
+        "documents": documents, "empty_documents": sum(r["empty_documents"] for r in records),
+        "postings": {"total": postings, "mean_per_doc": round(postings / documents, 2),
+                     "max_per_doc": max(r["max_postings"] for r in records)},
+        "shards": [{"file": r["file"], "documents": r["documents"], "sha256": r["sha256"]} for r in records],
+    }
+    write_json(folder / MANIFEST, manifest)
+    shutil.rmtree(folder / TMP, ignore_errors=True)
+    return manifest
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def load_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST
+    return read_json(path) if path.is_file() else None
+
+
+def prepare(corpus: Path, folder: Path, settings: EncodeSettings, shard_size: int,
+            overwrite: bool, progress: bool = True) -> dict[str, Any] | None:
+    """Validate the corpus and write the plan; ``None`` when the collection is already complete."""
+    corpus, folder = Path(corpus), Path(folder)
+    if not corpus.exists():
+        raise InputError(corpus, "no such file or directory")
+    if folder.exists() and overwrite:
+        for name in (MANIFEST, PLAN, VECTORS, SHARDS, TMP):
+            target = folder / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    manifest = load_manifest(folder)
+    plan_path = folder / PLAN
+    recorded = manifest or (read_json(plan_path) if plan_path.is_file() else None)
+    if recorded is not None:
+        settings_then = recorded["settings"] if "settings" in recorded else recorded
+        diff = differences(_settings_key(settings_then), settings.key())
+        source_then = recorded["source"]
+        if source_then["path"] != str(corpus.resolve()):
+            diff.append(f"corpus {source_then['path']} -> {corpus.resolve()}")
+        elif {k: source_then[k] for k in ("bytes", "mtime_ns")} != {
+                k: v for k, v in source_identity(corpus).items() if k != "path"}:
+            diff.append("corpus file changed since it was encoded")
+        if diff:
+            raise ConsistencyError(f"{folder} was encoded with other settings ({'; '.join(diff)}); "
+                                   "use --overwrite to encode it again")
+        if manifest is not None:
+            return None
+        if recorded.get("shard_size") == shard_size:
+            return recorded
+    plan = plan_corpus(corpus, shard_size, progress)
+    plan["settings"] = asdict(settings)
+    write_json(plan_path, plan)
+    return plan
+
+
+def _settings_key(recorded: dict[str, Any]) -> dict[str, Any]:
+    keys = ("pooling", "scale", "max_length", "batch_size")
+    return {"encoder": recorded["encoder"]["fingerprint"], **{k: recorded.get(k) for k in keys}}
+
+
+def encode_corpus(corpus: Path, folder: Path, load_encoder: Callable[[], Any], settings: EncodeSettings,
+                  shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                  progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """Run the encode stage; returns the manifest and whether any work was done.
+
+    ``load_encoder`` is called only when some shard needs encoding, so a finished or resumed
+    collection does not pay for loading the model.
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    plan = prepare(corpus, folder, settings, shard_size, overwrite, progress)
+    if plan is None:
+        return load_manifest(folder), False
+    done = finished_shards(folder, plan)
+    pending = [index for index in range(len(plan["shards"])) if index not in done]
+    if pending:
+        encoder = load_encoder()
+        with tqdm(total=plan["documents"], initial=sum(r["documents"] for r in done.values()), unit="doc",
+                  desc="encode", disable=not progress, file=sys.stderr, smoothing=0.05) as bar:
+            for index in pending:
+                encode_shard(folder, index, encoder, on_progress=bar.update)
+    return finish(folder), True

