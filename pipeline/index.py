@@ -10,6 +10,7 @@ to the search stage.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -68,11 +69,28 @@ def run_indexer(source: Path, target: Path, threads: int, store_raw: bool, verbo
         if verbose:
             sys.stderr.write(line)
     code = process.wait()
-    log = "".join(lines)
-    if code != 0 or "Exception" in log and "indexed:" not in log:
-        tail = [l.strip() for l in lines if "ERROR" in l or "Exception" in l][-1:] or lines[-1:]
-        raise PipelineError(f"Anserini IndexCollection failed (exit {code}): {' '.join(tail).strip()[:300]}")
-    return log
+    # A malformed segment makes Anserini skip the rest of that file without counting an error,
+    # so any exception or error line fails the stage.
+    problems = [line.strip() for line in lines if " ERROR " in line or "Exception" in line]
+    if code != 0 or problems:
+        detail = (problems or lines[-1:] or ["no output"])[0]
+        raise PipelineError(f"Anserini IndexCollection failed (exit {code}): {_log_message(detail)[:300]}")
+    return "".join(lines)
+
+
+def _log_message(line: str) -> str:
+    """The message part of a log4j line (after ' - '), or the line itself."""
+    return line.split(" - ", 1)[1] if " - " in line else line
+
+
+def count_records(folder: Path) -> int:
+    """Non-blank lines in a JsonVectorCollection made elsewhere: the documents Anserini must see."""
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            total += sum(1 for line in handle if line.strip())
+    return total
 
 
 def lucene_document_count(index: Path) -> int:
@@ -110,7 +128,11 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
     try:
         log = run_indexer(source, temp, threads, store_raw, verbose)
         counters = parse_counters(log)
-        record = _verify(temp, counters, manifest, collection)
+        expected = (manifest["documents"], manifest["empty_documents"]) if manifest else (count_records(source), None)
+        record = _verify(temp, counters, expected, collection)
+        if manifest is not None:
+            record.update({key: manifest[key] for key in ("encoder", "pooling", "scale", "max_length", "postings")})
+            record["collection_shards"] = manifest["shards"]
         write_json(temp / RECORD, record)
         if index.exists():
             shutil.rmtree(index)
@@ -120,7 +142,7 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
     return record, True
 
 
-def _verify(index: Path, counters: dict[str, int], manifest: dict[str, Any] | None,
+def _verify(index: Path, counters: dict[str, int], expected: tuple[int, int | None],
             collection: Path) -> dict[str, Any]:
     """Every document accounted for: indexed + empty = collection size, nothing skipped or failed."""
     if set(counters) != set(COUNTERS):
@@ -132,15 +154,9 @@ def _verify(index: Path, counters: dict[str, int], manifest: dict[str, Any] | No
     in_lucene = lucene_document_count(index)
     if in_lucene != counters["indexed"]:
         raise PipelineError(f"Lucene sees {in_lucene} documents in {index}, Anserini reported {counters['indexed']}")
-    record: dict[str, Any] = {"collection": str(collection.resolve()), "counters": counters,
-                              "documents": in_lucene}
-    if manifest is not None:
-        expected = manifest["documents"] - manifest["empty_documents"]
-        if in_lucene != expected or counters["empty"] != manifest["empty_documents"]:
-            raise PipelineError(f"{index} holds {in_lucene} documents and {counters['empty']} empty ones; "
-                                f"the collection has {expected} and {manifest['empty_documents']}")
-        for key in ("encoder", "pooling", "scale", "max_length"):
-            record[key] = manifest[key]
-        record["collection_shards"] = manifest["shards"]
-        record["postings"] = manifest["postings"]
-    return record
+    documents, empty = expected
+    if in_lucene + counters["empty"] != documents or (empty is not None and counters["empty"] != empty):
+        raise PipelineError(f"{collection} has {documents} documents ({empty if empty is not None else '?'} "
+                            f"empty) but the index holds {in_lucene} and Anserini skipped {counters['empty']} "
+                            "as empty")
+    return {"collection": str(collection.resolve()), "counters": counters, "documents": in_lucene}

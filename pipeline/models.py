@@ -58,6 +58,16 @@ def _fingerprint(folder: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def max_positions(model: ModelRef) -> int | None:
+    """The longest input the checkpoint accepts (``max_position_embeddings``), if it says."""
+    try:
+        config = json.loads((Path(model.location) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
 def check_checkpoint(folder: Path) -> None:
     """A local encoder must be a masked-LM checkpoint with a tokenizer, else we say which part is missing."""
     config_path = folder / "config.json"

@@ -4,9 +4,12 @@ Queries are encoded with the index's own encoder, pooling, scale and maximum len
 index stage); anything else is refused unless ``--force``. Anserini's ``SimpleImpactSearcher``
 scores ``sum(query weight x document impact)`` over the query's terms, in Java threads.
 
-Lucene breaks score ties by internal document number, which depends on indexing order and
-threads. To make run files byte-identical across rebuilds, hits are re-sorted by score and then
-document id, and a query is searched deeper whenever ties straddle the cut-off.
+Scores are integers: integer query weights times integer impacts. Anserini's tie adjuster lowers
+tied scores by 1e-6 per position in float32; rounding restores them exactly. Lucene picks which
+tied documents make the cut-off by internal document number, which depends on indexing order and
+threads; to make run files byte-identical across rebuilds, a query is searched deeper whenever
+ties straddle the cut-off, and hits are ordered by score, then document id. As Anserini does,
+tied scores are then written lowered by 1e-6 per position, so trec_eval keeps the file's order.
 """
 
 from __future__ import annotations
@@ -25,13 +28,19 @@ FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
 
 
+def require_index(index: Path) -> Path:
+    """Fail early, before loading any model, when ``index`` is not a Lucene index."""
+    index = Path(index)
+    if not index.is_dir() or not any(index.glob("segments_*")):
+        raise InputError(index, "not a Lucene index (no segments file); build it with the index stage")
+    return index
+
+
 class ImpactSearcher:
     """Anserini's SimpleImpactSearcher over ``index``, reached through pyjnius."""
 
     def __init__(self, index: Path):
-        index = Path(index)
-        if not index.is_dir() or not any(index.glob("segments_*")):
-            raise InputError(index, "not a Lucene index (no segments file); build it with the index stage")
+        index = require_index(index)
         self._searcher = jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
         self._map = jvm.autoclass("java.util.HashMap")
         self._list = jvm.autoclass("java.util.ArrayList")
@@ -52,7 +61,7 @@ class ImpactSearcher:
         found = self._searcher.batch_search(jqueries, qids, depth, threads)
         results = {}
         for entry in found.entrySet().toArray():
-            results[entry.getKey()] = [(hit.docid, float(hit.score)) for hit in entry.getValue()]
+            results[entry.getKey()] = [(hit.docid, float(round(hit.score))) for hit in entry.getValue()]
         return results
 
     def search(self, queries: dict[str, dict[str, int]], hits: int, threads: int = 1,
@@ -88,15 +97,21 @@ class ImpactSearcher:
         self._searcher.close()
 
 
+TIE_STEP = 1e-6
+
+
 def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "splade") -> bytes:
     """TREC ``qid Q0 docid rank score tag`` or MS MARCO ``qid<TAB>docid<TAB>rank`` lines."""
     lines = []
     for qid, hits in results.items():
+        previous, tied = None, 0
         for rank, (docid, score) in enumerate(hits, start=1):
             if fmt == "msmarco":
                 lines.append(f"{qid}\t{docid}\t{rank}\n")
-            else:
-                lines.append(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+                continue
+            tied = tied + 1 if score == previous else 0
+            previous = score
+            lines.append(f"{qid} Q0 {docid} {rank} {score - tied * TIE_STEP:.6f} {tag}\n")
     return "".join(lines).encode()
 
 

@@ -16,7 +16,8 @@ from pipeline.encoder import POOLINGS, SpladeEncoder, default_threads
 from pipeline.errors import InputError, PipelineError
 from pipeline.index import build_index
 from pipeline.readers import read_encoded_queries, read_topics
-from pipeline.search import check_settings, encode_queries, index_record, restrict, run_search
+from pipeline.search import (check_settings, encode_queries, index_record, require_index, restrict,
+                             run_search)
 
 Say = Callable[[str], Any]
 
@@ -36,11 +37,18 @@ def _check_options(pooling: str, scale: float, max_length: int, batch_size: int)
         raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
 
 
+def _check_max_length(model: models.ModelRef, max_length: int) -> None:
+    limit = models.max_positions(model)
+    if limit is not None and max_length > limit:
+        raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports ({limit} positions)")
+
+
 def load_encoder(model: models.ModelRef, pooling: str, max_length: int, threads: int | None) -> SpladeEncoder:
+    _check_max_length(model, max_length)
     encoder = SpladeEncoder(model, pooling, max_length, threads)
-    if encoder.max_length < max_length:
+    if encoder.max_length < max_length:  # the tokenizer may allow less than the positions
         raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports "
-                            f"({encoder.max_length} positions)")
+                            f"({encoder.max_length} tokens)")
     return encoder
 
 
@@ -53,6 +61,7 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
     if shard_size < 1:
         raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
     model = models.resolve(encoder)
+    _check_max_length(model, max_length)
     settings = EncodeSettings(model.describe(), pooling, scale, max_length, batch_size)
     manifest, worked = encode_corpus(Path(corpus), Path(output),
                                      lambda: load_encoder(model, pooling, max_length, threads),
@@ -91,6 +100,7 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
     if hits < 1:
         raise PipelineError(f"--hits must be at least 1, got {hits}")
     threads = threads or default_threads()
+    require_index(Path(index_dir))
     record = index_record(Path(index_dir))
     if encoded_queries is not None:
         queries = read_encoded_queries(Path(encoded_queries))

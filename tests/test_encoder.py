@@ -1,0 +1,89 @@
+"""The fast encoder against the naive formula, with the real splade-tiny."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.encoder import SparseVector, _groups, quantise
+
+TEXTS = [
+    "Photosynthesis turns light, water and carbon dioxide into sugar.",
+    "Tides rise and fall because the Moon's gravity pulls on the oceans. " * 12,
+    "short",
+    "Binary search halves a sorted interval until the item is found; it takes logarithmic time. " * 30,
+    "",
+]
+
+
+def naive(encoder, texts, pooling):
+    """w_j = pool_i log(1 + ReLU(logit_ij)) over the full logits tensor, as Pyserini computes it."""
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(encoder.model_ref.location).eval()
+    batch = encoder.tokenizer(texts, max_length=encoder.max_length, truncation=True, padding="longest",
+                              return_tensors="pt", return_token_type_ids=False)
+    with torch.inference_mode():
+        logits = model(**batch).logits
+        activated = torch.log(1 + torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
+        return (activated.max(1).values if pooling == "max" else activated.sum(1)).numpy()
+
+
+def dense(vector: SparseVector, width: int) -> np.ndarray:
+    out = np.zeros(width, dtype=np.float32)
+    out[vector.ids] = vector.weights
+    return out
+
+
+def test_max_pooling_equals_naive_formula(encoder):
+    expected = naive(encoder, TEXTS, "max")
+    got = np.stack([dense(v, encoder.vocab_size) for v in encoder.encode(TEXTS, batch_size=2)])
+    assert np.abs(got - expected).max() < 1e-4
+    assert all(len(v) > 0 for v in encoder.encode(TEXTS))  # even "" gets terms from [CLS] [SEP]
+
+
+def test_sum_pooling_equals_naive_formula():
+    from pipeline import models
+    from pipeline.encoder import SpladeEncoder
+
+    encoder = SpladeEncoder(models.resolve(None), "sum", 512)
+    expected = naive(encoder, TEXTS, "sum")
+    got = np.stack([dense(v, encoder.vocab_size) for v in encoder.encode(TEXTS, batch_size=3)])
+    assert np.abs(got - expected).max() / expected.max() < 1e-5
+    assert got.sum() > 2 * naive(encoder, TEXTS, "max").sum()  # sums over tokens exceed maxima
+
+
+def test_result_does_not_depend_on_order_or_batch(encoder):
+    one = encoder.encode(TEXTS, batch_size=1)
+    many = encoder.encode(list(reversed(TEXTS)), batch_size=4)[::-1]
+    for a, b in zip(one, many):
+        assert np.array_equal(a.ids, b.ids)
+        assert np.abs(a.weights - b.weights).max() < 1e-5
+
+
+def test_truncation_at_max_length(encoder):
+    ids = encoder.tokenize([TEXTS[3]])[0]
+    assert len(ids) == 512 and ids[-1] == encoder.tokenizer.sep_token_id
+
+
+def test_quantise_rounds_half_to_even_and_drops_zeros():
+    vector = SparseVector(np.array([1, 2, 3, 4, 5]), np.array([0.004, 0.005, 0.015, 0.0251, 1.0], dtype=np.float32))
+    ids, values = quantise(vector, 100)
+    expected = {2: int(round(float(np.float32(0.005)) * 100)), 3: round(float(np.float32(0.015)) * 100),
+                4: 3, 5: 100}
+    expected = {k: v for k, v in expected.items() if v}
+    assert dict(zip(ids.tolist(), values.tolist())) == expected
+
+
+def test_to_terms_uses_wordpieces(encoder):
+    terms = encoder.to_terms(encoder.encode(["goldfish growth"])[0], 100)
+    assert all(isinstance(v, int) and v > 0 for v in terms.values())
+    assert "gold" in terms and "##fish" in terms
+
+
+@pytest.mark.parametrize("lengths, groups", [
+    ([500, 3, 4], [(0, 1), (1, 3)]),
+    ([100, 100, 100, 100], [(0, 4)]),
+    ([200, 200, 200], [(0, 2), (2, 3)]),
+])
+def test_groups_cover_every_document_once(lengths, groups):
+    assert _groups(lengths, 384) == groups

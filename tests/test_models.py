@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import models
+from pipeline.errors import InputError
+
+
+def test_default_is_embedded_splade_tiny_found_without_importing_its_package():
+    code = ("import sys; from pipeline import models; ref = models.resolve(None); "
+            "print(ref.location); print('cognition' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].endswith("cognition/model") and out[1] == "False"
+    config = json.loads((models.embedded_model_dir() / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"] and config["hidden_size"] == 128
+
+
+def test_local_folder_resolves_with_same_fingerprint_as_default():
+    default = models.resolve(None)
+    local = models.resolve(default.location)
+    assert local.fingerprint == default.fingerprint and local.location == default.location
+
+
+def test_not_an_mlm_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(InputError, match="not a masked-LM checkpoint"):
+        models.resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="invalid JSON"):
+        models.resolve(str(tmp_path))
+    with pytest.raises(InputError, match="no config.json"):
+        models.resolve(str(tmp_path / "sub")) if (tmp_path / "sub").mkdir() is None else None
+
+
+def test_missing_weights_or_path(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(InputError, match="no model weights"):
+        models.resolve(str(tmp_path))
+    with pytest.raises(InputError, match="no such encoder directory"):
+        models.resolve("./no/such/model/dir")

@@ -1,0 +1,127 @@
+import gzip
+import json
+
+import pytest
+
+from conftest import dataset, write_lines
+from pipeline.errors import InputError
+from pipeline.readers import (corpus_format, read_corpus, read_encoded_queries, read_qrels, read_run,
+                              read_topics)
+
+
+def docs(path):
+    return [(d.id, d.text) for _, d in read_corpus(path)]
+
+
+def test_beir_corpus_joins_title_and_text(tmp_path):
+    path = write_lines(tmp_path / "corpus.jsonl", [
+        json.dumps({"_id": "d1", "title": "Tides", "text": "The Moon pulls."}),
+        json.dumps({"_id": 7, "title": "", "text": "No title."}),
+    ])
+    assert corpus_format(path) == "beir"
+    assert docs(path) == [("d1", "Tides The Moon pulls."), ("7", "No title.")]
+
+
+def test_jsoncollection_and_msmarco_tsv_and_gzip(tmp_path):
+    path = write_lines(tmp_path / "docs.jsonl", [json.dumps({"id": "a", "contents": "alpha"})])
+    assert corpus_format(path) == "jsoncollection" and docs(path) == [("a", "alpha")]
+    tsv = tmp_path / "collection.tsv.gz"
+    with gzip.open(tsv, "wt") as handle:
+        handle.write("0\tThe presence of communication\n1\tsecond\tpassage with a tab\n")
+    assert corpus_format(tsv) == "tsv"
+    assert docs(tsv) == [("0", "The presence of communication"), ("1", "second\tpassage with a tab")]
+
+
+def test_seek_to_offset_reads_from_that_document(tmp_path):
+    path = write_lines(tmp_path / "c.tsv", ["a\tone", "b\ttwo", "c\tthree"])
+    offsets = [(offset, d.line) for offset, d in read_corpus(path)]
+    rest = [(d.id, d.line) for _, d in read_corpus(path, start=offsets[1][0], first_line=offsets[1][1])]
+    assert rest == [("b", 2), ("c", 3)]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"_id": "1", "text": "ok"', "invalid JSON"),
+    ('{"_id": "1"}', "missing 'text'"),
+    ('{"title": "x", "text": "y", "_id": null}', "missing '_id'"),
+    ('{"_id": "a b", "text": "y"}', "contains whitespace"),
+    ('{"_id": "", "text": "y"}', "empty document id"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"_id": "1", "text": ["a"]}', "'text' must be a string"),
+])
+def test_bad_corpus_lines_name_file_and_line(tmp_path, line, message):
+    path = write_lines(tmp_path / "corpus.jsonl", ['{"_id": "0", "text": "fine"}', line])
+    with pytest.raises(InputError) as error:
+        docs(path)
+    assert str(error.value).startswith(f"{path}:2: ") and message in str(error.value)
+
+
+def test_invalid_utf8_and_unknown_format_and_missing_file(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b'{"_id": "0", "text": "fine"}\n{"_id": "1", "text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"corpus.jsonl:2: invalid UTF-8"):
+        docs(path)
+    with pytest.raises(InputError, match="unknown corpus format"):
+        corpus_format(write_lines(tmp_path / "corpus.xml", ["<doc/>"]))
+    with pytest.raises(InputError, match="unknown corpus format: expected BEIR"):
+        corpus_format(write_lines(tmp_path / "other.jsonl", ['{"docid": "1", "body": "x"}']))
+    with pytest.raises(InputError, match="no such file"):
+        corpus_format(tmp_path / "absent.jsonl")
+    with pytest.raises(InputError, match="empty file"):
+        corpus_format(write_lines(tmp_path / "empty.jsonl", ""))
+
+
+def test_truncated_gzip_is_reported(tmp_path):
+    path = tmp_path / "corpus.jsonl.gz"
+    payload = gzip.compress(b"".join(b'{"_id": "%d", "text": "words words words"}\n' % i for i in range(2000)))
+    path.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(InputError, match="cannot read"):
+        docs(path)
+
+
+def test_topics_beir_and_tsv(tmp_path):
+    beir = write_lines(tmp_path / "queries.jsonl", ['{"_id": "1", "text": "do goldfish grow"}'])
+    assert read_topics(beir) == {"1": "do goldfish grow"}
+    tsv = write_lines(tmp_path / "topics.tsv", ["2\twhat is wifi", "3\tbluetooth"])
+    assert read_topics(tsv) == {"2": "what is wifi", "3": "bluetooth"}
+    with pytest.raises(InputError, match=r"topics.tsv:2: duplicate query id '2'"):
+        read_topics(write_lines(tmp_path / "topics.tsv", ["2\ta", "2\tb"]))
+    with pytest.raises(InputError, match=r":1: expected 'qid<TAB>query text'"):
+        read_topics(write_lines(tmp_path / "bad.tsv", ["no tab here"]))
+    with pytest.raises(InputError, match="has no text"):
+        read_topics(write_lines(tmp_path / "blank.tsv", ["4\t   "]))
+
+
+def test_qrels_trec_and_beir(tmp_path):
+    trec = write_lines(tmp_path / "qrels.txt", ["1 0 d1 2", "1 0 d2 0"])
+    beir = write_lines(tmp_path / "test.tsv", ["query-id\tcorpus-id\tscore", "1\td1\t2", "1\td2\t0"])
+    assert read_qrels(trec) == read_qrels(beir) == {"1": {"d1": 2, "d2": 0}}
+    with pytest.raises(InputError, match=r"qrels.txt:1: expected TREC qrels"):
+        read_qrels(write_lines(tmp_path / "qrels.txt", ["1 d1"]))
+    with pytest.raises(InputError, match=r":2: relevance 'high' is not an integer"):
+        read_qrels(write_lines(tmp_path / "q.tsv", ["1\td1\t1", "1\td2\thigh"]))
+    with pytest.raises(InputError, match=r":2: duplicate judgment"):
+        read_qrels(write_lines(tmp_path / "q.tsv", ["1\td1\t1", "1\td1\t0"]))
+
+
+def test_runs_trec_and_msmarco(tmp_path):
+    trec = write_lines(tmp_path / "run.txt", ["1 Q0 d1 1 9.5 tag", "1 Q0 d2 2 3 tag"])
+    assert read_run(trec) == {"1": {"d1": 9.5, "d2": 3.0}}
+    msmarco = write_lines(tmp_path / "run.tsv", ["1\td1\t1", "1\td2\t2"])
+    assert read_run(msmarco) == {"1": {"d1": -1.0, "d2": -2.0}}
+    with pytest.raises(InputError, match=r"run.txt:2: document 'd1' appears twice"):
+        read_run(write_lines(tmp_path / "run.txt", ["1 Q0 d1 1 9 t", "1 Q0 d1 2 8 t"]))
+    with pytest.raises(InputError, match="score or rank is not a number"):
+        read_run(write_lines(tmp_path / "run.txt", ["1 Q0 d1 1 high t"]))
+
+
+def test_encoded_queries_jsonl_and_anserini_cache(tmp_path):
+    path = write_lines(tmp_path / "q.jsonl", ['{"id": "1", "vector": {"goldfish": 120, "grow": 80, "x": 0}}'])
+    assert read_encoded_queries(path) == {"1": {"goldfish": 120, "grow": 80}}
+    with pytest.raises(InputError, match="must be an integer"):
+        read_encoded_queries(write_lines(tmp_path / "f.jsonl", ['{"id": "1", "vector": {"a": 0.5}}']))
+    cached = dataset("msmarco-passage-topics") / "encoded-queries" / "topics.dl19-passage.splade-pp-ed.tsv.gz"
+    queries = read_encoded_queries(cached)
+    assert len(queries) == 43
+    goldfish = queries["156493"]
+    assert goldfish["gold"] == 3002 and goldfish["##fish"] == 2684  # wordpieces, weight x 100
+    assert all(isinstance(w, int) and w > 0 for w in goldfish.values())
