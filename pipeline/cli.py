@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"splade-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # permissions, a file where a folder should be, a full disk, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"splade-pipeline {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"splade-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -45,12 +45,16 @@ class EncodeSettings:
     scale: float
     max_length: int
     batch_size: int
+    shard_size: int = DEFAULT_SHARD_SIZE
 
     def key(self) -> dict[str, Any]:
         """The fields compared between runs (the encoder by fingerprint, not by where it lies)."""
-        fields = asdict(self)
-        fields["encoder"] = self.encoder["fingerprint"]
-        return fields
+        return settings_key(asdict(self))
+
+
+def settings_key(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings in comparable form: the encoder by fingerprint, not by where it lies."""
+    return {**settings, "encoder": settings["encoder"]["fingerprint"]}
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -61,10 +65,16 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 # -- small file helpers ------------------------------------------------------------------------
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, sync, then rename: readers see all or nothing."""
+def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
+    """Write to a temporary file, sync, then rename: readers see all or nothing.
+
+    ``temp_dir`` (same file system) keeps a killed writer's leftovers out of ``path``'s folder,
+    which matters for ``vectors/``: Anserini reads every file there, hidden ones included.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    folder = temp_dir or path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f".{path.name}.{os.getpid()}.tmp"
     with open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -125,7 +135,7 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
     if not count:
         raise InputError(path, "no documents")
     _check_duplicates(path, fmt, hashes[:count])
-    return {"source": {**source_identity(path), "format": fmt}, "shard_size": shard_size,
+    return {"source": {**source_identity(path), "format": fmt},
             "documents": count, "empty_documents": empty, "shards": shards}
 
 
@@ -183,8 +193,8 @@ def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int],
         on_progress(len(docs) - len(texts))  # empty documents are kept, with an empty vector
     data = b"".join(lines)
     name = shard_name(index)
-    write_atomic(folder / VECTORS / f"{name}.jsonl", data)
-    info = {"file": f"{VECTORS}/{name}.jsonl", "documents": len(docs),
+    write_atomic(folder / VECTORS / f"{name}.jsonl", data, temp_dir=folder / TMP)
+    info = {"file": f"{VECTORS}/{name}.jsonl", "planned": plan["shards"][index], "documents": len(docs),
             "empty_documents": sum(1 for doc in docs if not doc.text),
             "postings": sum(postings), "max_postings": max(postings, default=0),
             "sha256": hashlib.sha256(data).hexdigest()}
@@ -200,7 +210,7 @@ def finished_shards(folder: Path, plan: dict[str, Any]) -> dict[int, dict[str, A
         vector_path = folder / VECTORS / f"{shard_name(index)}.jsonl"
         if record_path.is_file() and vector_path.is_file():
             record = read_json(record_path)
-            if record.get("documents") == plan["shards"][index]["documents"]:
+            if record.get("planned") == plan["shards"][index]:
                 done[index] = record
     return done
 
@@ -219,7 +229,7 @@ def finish(folder: Path) -> dict[str, Any]:
     postings = sum(r["postings"] for r in records)
     manifest = {
         "format": "JsonVectorCollection", "created_by": f"splade-pipeline {__version__}",
-        "source": plan["source"], **plan["settings"],
+        "source": plan["source"], "settings": plan["settings"],
         "documents": documents, "empty_documents": sum(r["empty_documents"] for r in records),
         "postings": {"total": postings, "mean_per_doc": round(postings / documents, 2),
                      "max_per_doc": max(r["max_postings"] for r in records)},
@@ -232,13 +242,36 @@ def finish(folder: Path) -> dict[str, Any]:
 
 # -- the stage ---------------------------------------------------------------------------------
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_vectors(folder: Path, manifest: dict[str, Any]) -> None:
+    """``vectors/`` must hold exactly the manifest's shards, unchanged: Anserini indexes every file there."""
+    folder = Path(folder)
+    expected = {Path(shard["file"]).name: shard["sha256"] for shard in manifest["shards"]}
+    present = {path.name for path in (folder / VECTORS).iterdir()} if (folder / VECTORS).is_dir() else set()
+    for name in sorted(present - set(expected)):
+        raise InputError(folder / VECTORS / name, "unexpected file in the collection (not in manifest.json)")
+    for name in sorted(set(expected) - present):
+        raise InputError(folder / VECTORS / name, "missing shard listed in manifest.json")
+    for name, checksum in sorted(expected.items()):
+        if file_sha256(folder / VECTORS / name) != checksum:
+            raise InputError(folder / VECTORS / name, "changed since it was encoded (sha256 differs from "
+                                                      "manifest.json); encode again with --overwrite")
+
+
 def load_manifest(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / MANIFEST
     return read_json(path) if path.is_file() else None
 
 
-def prepare(corpus: Path, folder: Path, settings: EncodeSettings, shard_size: int,
-            overwrite: bool, progress: bool = True) -> dict[str, Any] | None:
+def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: bool,
+            progress: bool = True) -> dict[str, Any] | None:
     """Validate the corpus and write the plan; ``None`` when the collection is already complete."""
     corpus, folder = Path(corpus), Path(folder)
     if not corpus.exists():
@@ -251,8 +284,7 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, shard_size: in
     plan_path = folder / PLAN
     recorded = manifest or (read_json(plan_path) if plan_path.is_file() else None)
     if recorded is not None:
-        settings_then = recorded["settings"] if "settings" in recorded else recorded
-        diff = differences(_settings_key(settings_then), settings.key())
+        diff = differences(settings_key(recorded["settings"]), settings.key())
         source_then = recorded["source"]
         if source_then["path"] != str(corpus.resolve()):
             diff.append(f"corpus {source_then['path']} -> {corpus.resolve()}")
@@ -264,22 +296,15 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, shard_size: in
                                    "use --overwrite to encode it again")
         if manifest is not None:
             return None
-        if recorded.get("shard_size") == shard_size:
-            return recorded
-    plan = plan_corpus(corpus, shard_size, progress)
+        return recorded
+    plan = plan_corpus(corpus, settings.shard_size, progress)
     plan["settings"] = asdict(settings)
     write_json(plan_path, plan)
     return plan
 
 
-def _settings_key(recorded: dict[str, Any]) -> dict[str, Any]:
-    keys = ("pooling", "scale", "max_length", "batch_size")
-    return {"encoder": recorded["encoder"]["fingerprint"], **{k: recorded.get(k) for k in keys}}
-
-
 def encode_corpus(corpus: Path, folder: Path, load_encoder: Callable[[], Any], settings: EncodeSettings,
-                  shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-                  progress: bool = True) -> tuple[dict[str, Any], bool]:
+                  overwrite: bool = False, progress: bool = True) -> tuple[dict[str, Any], bool]:
     """Run the encode stage; returns the manifest and whether any work was done.
 
     ``load_encoder`` is called only when some shard needs encoding, so a finished or resumed
@@ -288,7 +313,7 @@ def encode_corpus(corpus: Path, folder: Path, load_encoder: Callable[[], Any], s
     from tqdm import tqdm
 
     folder = Path(folder)
-    plan = prepare(corpus, folder, settings, shard_size, overwrite, progress)
+    plan = prepare(corpus, folder, settings, overwrite, progress)
     if plan is None:
         return load_manifest(folder), False
     done = finished_shards(folder, plan)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import jvm
-from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, write_json
+from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 
 RECORD = "splade-pipeline.json"
@@ -34,6 +34,7 @@ def collection_input(collection: Path) -> tuple[Path, dict[str, Any] | None]:
         raise InputError(collection, "no such collection folder")
     manifest = load_manifest(collection)
     if manifest is not None:
+        verify_vectors(collection, manifest)
         return collection / VECTORS, manifest
     if (collection / PLAN).exists():
         raise PipelineError(f"{collection}: encoding is unfinished (no {MANIFEST}); run the same encode "
@@ -131,7 +132,8 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
         expected = (manifest["documents"], manifest["empty_documents"]) if manifest else (count_records(source), None)
         record = _verify(temp, counters, expected, collection)
         if manifest is not None:
-            record.update({key: manifest[key] for key in ("encoder", "pooling", "scale", "max_length", "postings")})
+            record.update({key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")})
+            record["postings"] = manifest["postings"]
             record["collection_shards"] = manifest["shards"]
         write_json(temp / RECORD, record)
         if index.exists():

@@ -62,10 +62,10 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
         raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
     model = models.resolve(encoder)
     _check_max_length(model, max_length)
-    settings = EncodeSettings(model.describe(), pooling, scale, max_length, batch_size)
+    settings = EncodeSettings(model.describe(), pooling, scale, max_length, batch_size, shard_size)
     manifest, worked = encode_corpus(Path(corpus), Path(output),
                                      lambda: load_encoder(model, pooling, max_length, threads),
-                                     settings, shard_size, overwrite, progress)
+                                     settings, overwrite, progress)
     postings = manifest["postings"]
     verb = "encoded" if worked else "already encoded (use --overwrite to redo)"
     say(f"{output}: {verb}: {manifest['documents']:,} documents ({manifest['empty_documents']:,} empty) "

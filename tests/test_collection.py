@@ -42,8 +42,10 @@ def test_writes_json_vector_collection_and_manifest(tmp_path, corpus, encoder):
     assert records[0]["vector"] == expected and all(isinstance(v, int) and v > 0 for v in expected.values())
     assert records[4] == {"id": "doc04", "contents": "", "vector": {}}
     assert manifest["documents"] == 11 and manifest["empty_documents"] == 1
-    assert manifest["encoder"]["name"] == "splade-tiny" and manifest["scale"] == 100
-    assert (manifest["pooling"], manifest["max_length"], manifest["batch_size"]) == ("max", 512, 32)
+    settings = manifest["settings"]
+    assert settings["encoder"]["name"] == "splade-tiny" and settings["scale"] == 100
+    assert (settings["pooling"], settings["max_length"], settings["batch_size"], settings["shard_size"]) == \
+        ("max", 512, 32, 4)
     lengths = [len(r["vector"]) for r in records]
     assert manifest["postings"] == {"total": sum(lengths), "mean_per_doc": round(sum(lengths) / 11, 2),
                                     "max_per_doc": max(lengths)}
@@ -58,7 +60,9 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path, corpus):
     assert again == first and "already encoded" in said[0]
     with pytest.raises(ConsistencyError, match=r"scale 100 -> 50"):
         encode(corpus, folder, scale=50)
-    assert encode(corpus, folder, scale=50, overwrite=True)["scale"] == 50
+    with pytest.raises(ConsistencyError, match=r"shard_size 4 -> 5"):
+        encode(corpus, folder, shard_size=5)
+    assert encode(corpus, folder, scale=50, overwrite=True)["settings"]["scale"] == 50
 
 
 def test_resume_encodes_only_missing_shards_byte_identically(tmp_path, corpus, monkeypatch):
