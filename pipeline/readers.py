@@ -159,7 +159,7 @@ def read_topics(path: Path) -> dict[str, str]:
             record = _json_object(path, number, text)
             key = "_id" if "_id" in record else "id"
             qid = _string_field(path, number, record, key)
-            query = _string_field(path, number, record, "text" if "text" in record else "contents")
+            query = _string_field(path, number, record, "contents" if "contents" in record else "text")
         else:
             qid, sep, query = text.partition("\t")
             if not sep:

@@ -125,3 +125,15 @@ def test_existing_run_is_kept_unless_overwrite(tmp_path, built):
 def test_not_an_index(tmp_path):
     with pytest.raises(InputError, match="not a Lucene index"):
         stages.search(tmp_path, tmp_path / "run.txt", DEMO_DATA / "queries.jsonl", **QUIET)
+
+
+def test_run_files_are_byte_identical_across_rebuilds(tmp_path, built):
+    collection, _ = built
+    runs = []
+    for threads in (1, 2):
+        index = tmp_path / f"index-{threads}"
+        stages.index(collection, index, threads=threads, say=QUIET["say"])
+        run = tmp_path / f"run-{threads}.txt"
+        stages.search(index, run, DEMO_DATA / "queries.jsonl", hits=25, threads=threads, **QUIET)
+        runs.append(run.read_bytes())
+    assert runs[0] == runs[1] and runs[0].count(b"\n") > 100
