@@ -114,12 +114,12 @@ def main() -> int:
         from sentence_transformers import SparseEncoder
         from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
         transformer = MLMTransformer(ref.location, max_seq_length=args.max_length)
-        st = SparseEncoder(modules=[transformer, SpladePooling("max", word_embedding_dimension=transformer.get_sentence_embedding_dimension())],
-                           device="cpu")
+        pooling = SpladePooling("max", embedding_dimension=transformer.get_sentence_embedding_dimension())
+        st = SparseEncoder(modules=[transformer, pooling], device="cpu")
         st.encode(docs[:8], batch_size=args.batch_size)
         encoders["sentence-transformers"], st_vectors = timed(
             lambda: st.encode(docs, batch_size=args.batch_size, convert_to_tensor=True))
-        st_dense = st_vectors[:len(check)].to_dense().numpy() if st_vectors.is_sparse else st_vectors[:len(check)].numpy()
+        st_dense = (st_vectors.to_dense() if st_vectors.is_sparse else st_vectors)[:len(check)].numpy()
         differences["sentence-transformers"] = float(np.abs(st_dense - naive).max())
 
     report["docs_per_second"] = {name: round(len(docs) / s, 2) for name, s in encoders.items()}

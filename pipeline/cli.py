@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
 
+    p = commands.add_parser("fuse", help="hybrid run from several run files (RRF or normalised linear mix)")
+    p.add_argument("--runs", required=True, nargs="+", type=Path, help="two or more run files (TREC or MS MARCO)")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--method", choices=("rrf", "linear"), default="rrf", help="default rrf")
+    p.add_argument("--k", type=float, default=60, help="RRF constant (default 60)")
+    p.add_argument("--weights", nargs="+", type=float, default=None,
+                   help="linear: one weight per run (default equal)")
+    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--run-tag", default=None)
+    _common(p)
+
     p = commands.add_parser("run", help="all four stages on a BEIR-format folder")
     p.add_argument("--dataset", required=True, type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
     p.add_argument("--name", default=None, help="name for outputs (default: the folder's name)")
@@ -127,6 +138,11 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2))
         else:
             _print_evaluation(result)
+    elif args.command == "fuse":
+        from pipeline.fusion import fuse_files
+
+        queries = fuse_files(args.runs, args.output, args.method, args.k, args.weights, args.hits, args.run_tag)
+        print(f"{args.output}: {queries} queries fused ({args.method})", file=sys.stderr)
     elif args.command == "run":
         from pipeline.experiment import results_table, run_dataset
 

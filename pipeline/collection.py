@@ -200,6 +200,11 @@ def shard_documents(plan: dict[str, Any], index: int) -> Iterator[Document]:
         yield doc
 
 
+def document_line(doc_id: str, contents: str, terms: dict[str, int]) -> bytes:
+    """One JsonVectorCollection record: ``{"id", "contents", "vector": {token: int}}``."""
+    return json.dumps({"id": doc_id, "contents": contents, "vector": terms}, ensure_ascii=False).encode() + b"\n"
+
+
 def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int], Any] | None = None
                  ) -> dict[str, Any]:
     """Encode shard ``index`` of the planned collection in ``folder`` and write it atomically.
@@ -219,8 +224,7 @@ def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int],
     lines, postings = [], []
     for doc in docs:
         terms = encoder.to_terms(next(vectors), scale) if doc.text else {}
-        lines.append(json.dumps({"id": doc.id, "contents": doc.text, "vector": terms},
-                                ensure_ascii=False).encode() + b"\n")
+        lines.append(document_line(doc.id, doc.text, terms))
         postings.append(len(terms))
     if on_progress and len(texts) < len(docs):
         on_progress(len(docs) - len(texts))  # empty documents are kept, with an empty vector

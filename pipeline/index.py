@@ -54,13 +54,16 @@ def parse_counters(log: str) -> dict[str, int]:
     return counters
 
 
-def run_indexer(source: Path, target: Path, threads: int, store_raw: bool, verbose: bool) -> str:
-    """Run IndexCollection in a child JVM; returns its log, raises with the log's tail on failure."""
-    args = ["-collection", "JsonVectorCollection", "-input", str(source), "-index", str(target),
-            "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads),
-            "-impact", "-pretokenized", "-optimize"]
-    if store_raw:
-        args.append("-storeRaw")
+def impact_arguments(threads: int, store_raw: bool) -> list[str]:
+    """IndexCollection options for a SPLADE JsonVectorCollection: impacts, no analysis."""
+    args = ["-collection", "JsonVectorCollection", "-generator", "DefaultLuceneDocumentGenerator",
+            "-threads", str(threads), "-impact", "-pretokenized", "-optimize"]
+    return args + (["-storeRaw"] if store_raw else [])
+
+
+def run_indexer(source: Path, target: Path, options: list[str], verbose: bool) -> str:
+    """Run IndexCollection in a child JVM; returns its log, raises with the log's first error on failure."""
+    args = ["-input", str(source), "-index", str(target), *options]
     command = jvm.java_command("io.anserini.index.IndexCollection", *args, verbose=verbose)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                errors="replace")
@@ -123,25 +126,32 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
         if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
             return existing, False
         raise ConsistencyError(f"{index} was built from another collection; use --overwrite to rebuild it")
+    expected = (manifest["documents"], manifest["empty_documents"]) if manifest else (count_records(source), None)
+    extra: dict[str, Any] = {}
+    if manifest is not None:
+        extra = {key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")}
+        extra.update(postings=manifest["postings"], collection_shards=manifest["shards"])
+    record = build_lucene_index(source, index, impact_arguments(threads, store_raw), expected, collection,
+                                verbose, extra)
+    return record, True
+
+
+def build_lucene_index(source: Path, index: Path, options: list[str], expected: tuple[int, int | None],
+                       collection: Path, verbose: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """Build into a temporary folder, verify every document is accounted for, then rename into place."""
     index.parent.mkdir(parents=True, exist_ok=True)
     temp = index.with_name(f".{index.name}.building-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        log = run_indexer(source, temp, threads, store_raw, verbose)
-        counters = parse_counters(log)
-        expected = (manifest["documents"], manifest["empty_documents"]) if manifest else (count_records(source), None)
-        record = _verify(temp, counters, expected, collection)
-        if manifest is not None:
-            record.update({key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")})
-            record["postings"] = manifest["postings"]
-            record["collection_shards"] = manifest["shards"]
+        log = run_indexer(source, temp, options, verbose)
+        record = {**_verify(temp, parse_counters(log), expected, collection), **extra}
         write_json(temp / RECORD, record)
         if index.exists():
             shutil.rmtree(index)
         os.replace(temp, index)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return record, True
+    return record
 
 
 def _verify(index: Path, counters: dict[str, int], expected: tuple[int, int | None],

@@ -28,6 +28,19 @@ FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
 
 
+def java_hits(found) -> dict[str, list[Hit]]:
+    """Anserini's ``Map<String, ScoredDoc[]>`` as Python lists of (docid, score)."""
+    return {entry.getKey(): [(hit.docid, float(hit.score)) for hit in entry.getValue()]
+            for entry in found.entrySet().toArray()}
+
+
+def java_list(values: Iterable[Any]):
+    items = jvm.autoclass("java.util.ArrayList")()
+    for value in values:
+        items.add(value)
+    return items
+
+
 def require_index(index: Path) -> Path:
     """Fail early, before loading any model, when ``index`` is not a Lucene index."""
     index = Path(index)
@@ -43,7 +56,6 @@ class ImpactSearcher:
         index = require_index(index)
         self._searcher = jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
         self._map = jvm.autoclass("java.util.HashMap")
-        self._list = jvm.autoclass("java.util.ArrayList")
         self._int = jvm.autoclass("java.lang.Integer")
         self.documents = int(self._searcher.get_total_num_docs())
 
@@ -54,15 +66,10 @@ class ImpactSearcher:
         return query
 
     def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
-        qids, jqueries = self._list(), self._list()
-        for qid, terms in queries.items():
-            qids.add(qid)
-            jqueries.add(self._query(terms))
+        qids, jqueries = java_list(queries), java_list(self._query(terms) for terms in queries.values())
         found = self._searcher.batch_search(jqueries, qids, depth, threads)
-        results = {}
-        for entry in found.entrySet().toArray():
-            results[entry.getKey()] = [(hit.docid, float(round(hit.score))) for hit in entry.getValue()]
-        return results
+        return {qid: [(docid, float(round(score))) for docid, score in hits]
+                for qid, hits in java_hits(found).items()}
 
     def search(self, queries: dict[str, dict[str, int]], hits: int, threads: int = 1,
                remove_query: bool = False) -> dict[str, list[Hit]]:

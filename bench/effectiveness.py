@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Effectiveness and efficiency on every shared dataset that has a corpus, in one Markdown report.
+
+For SciFact, CACM and Cranfield: BM25 flat through Anserini (title and text in one field, k1=0.9,
+b=0.4, 1000 hits), the SPLADE pipeline (quantised vectors in a Lucene impact index), the exact
+float reference (brute-force dot product) and BM25+SPLADE fusion (RRF, and a min-max normalised
+linear mix). SPLADE rows carry efficiency figures: mean postings per document and per query, index
+size, FLOPS (sum_t p_q(t) p_d(t)) and search throughput. The published BM25 figures of
+../shared/datasets/SCORES.md are checked. A sweep over the quantisation scale and over query-term
+pruning (top-k terms) goes to a table and a PNG plot of nDCG@10 against FLOPS.
+
+    python bench/effectiveness.py [--datasets scifact cacm cranfield] [--out bench/results]
+
+Document vectors are encoded once per dataset (float); each scale's collection is written from
+them with the pipeline's own quantisation and JsonVectorCollection writer, then indexed by Anserini.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline import models
+from pipeline.bm25 import bm25_search, build_bm25_index
+from pipeline.collection import document_line, write_atomic
+from pipeline.efficiency import flops, folder_bytes, mean_postings
+from pipeline.encoder import SparseVector, SpladeEncoder, default_threads
+from pipeline.evaluate import evaluate, parse_measure
+from pipeline.experiment import judged_topics
+from pipeline.fusion import linear_fusion, reciprocal_rank_fusion
+from pipeline.index import build_index
+from pipeline.readers import read_corpus, read_qrels
+from pipeline.reference import exact_run
+from pipeline.search import ImpactSearcher
+
+HERE = Path(__file__).resolve().parent
+DATASETS = HERE.parent.parent / "shared" / "datasets"
+MEASURES = [parse_measure(m) for m in ("nDCG@10", "R@100", "MAP", "P@30")]
+SCALES = (10, 25, 50, 100, 200)
+TOP_K = (5, 10, 20, 40, None)
+DEFAULT_SCALE = 100
+# dataset: (qrels for the main table, whether hits equal to the query id are removed (BEIR only))
+SETTINGS = {"scifact": ("test.tsv", True), "cacm": ("test.tsv", False), "cranfield": ("test.tsv", False)}
+PUBLISHED = [  # (dataset, qrels, measure, published BM25 figure, tolerance), from SCORES.md
+    ("scifact", "test.tsv", "nDCG@10", 0.6789, 0.01),
+    ("cacm", "test.anserini-ids.tsv", "MAP", 0.3123, 0.002),
+]
+
+
+def as_scores(run):
+    return {qid: dict(hits) for qid, hits in run.items()}
+
+
+def figures(run, qrels) -> dict[str, float]:
+    means, _ = evaluate(as_scores(run), qrels, MEASURES)
+    return means
+
+
+def prune(terms: dict[str, int], k: int | None) -> dict[str, int]:
+    if k is None:
+        return terms
+    return dict(sorted(terms.items(), key=lambda item: (-item[1], item[0]))[:k])
+
+
+def splade_run(workdir: Path, ids, texts, doc_vectors: list[SparseVector], query_terms: dict[str, dict[str, int]],
+               encoder: SpladeEncoder, scale: float, threads: int, remove_query: bool):
+    """Quantise at ``scale``, write and index the collection, search; returns run and efficiency."""
+    folder, index = workdir / f"collection-{scale}", workdir / f"index-{scale}"
+    doc_terms = [encoder.to_terms(v, scale) if text else {} for v, text in zip(doc_vectors, texts)]
+    write_atomic(folder / "part-00000.jsonl",
+                 b"".join(document_line(i, t, terms) for i, t, terms in zip(ids, texts, doc_terms)))
+    build_index(folder, index, threads, overwrite=True)
+    searcher = ImpactSearcher(index)
+    try:
+        start = time.perf_counter()
+        run = searcher.search(query_terms, 1000, threads, remove_query)
+        seconds = time.perf_counter() - start
+    finally:
+        searcher.close()
+    return run, doc_terms, {"index_mb": round(folder_bytes(index) / 2**20, 2), "search_seconds": seconds}
+
+
+def efficiency(doc_terms, query_terms, extra) -> dict[str, float]:
+    return {"postings_per_doc": round(mean_postings(doc_terms), 1),
+            "postings_per_query": round(mean_postings(query_terms.values()), 1),
+            "flops": round(flops(doc_terms, query_terms.values()), 2), "index_mb": extra["index_mb"],
+            "qps": round(len(query_terms) / extra["search_seconds"], 1)}
+
+
+def run_dataset(name: str, workdir: Path, encoder: SpladeEncoder, threads: int, log) -> dict:
+    folder = DATASETS / name
+    qrels_name, remove_query = SETTINGS[name]
+    qrels = read_qrels(folder / "qrels" / qrels_name)
+    topics = judged_topics(folder / "queries.jsonl", folder / "qrels" / qrels_name)
+    docs = [doc for _, doc in read_corpus(folder / "corpus.jsonl")]
+    ids, texts = [d.id for d in docs], [d.text for d in docs]
+    rows, sweep = {}, []
+
+    log(f"{name}: BM25")
+    bm25_index = workdir / f"{name}-bm25"
+    build_bm25_index(folder / "corpus.jsonl", bm25_index, threads)
+    start = time.perf_counter()
+    bm25 = bm25_search(bm25_index, topics, 1000, threads, remove_query=remove_query)
+    rows["BM25 flat"] = {**figures(bm25, qrels), "index_mb": round(folder_bytes(bm25_index) / 2**20, 2),
+                         "qps": round(len(topics) / (time.perf_counter() - start), 1)}
+
+    log(f"{name}: encoding {len(docs)} documents")
+    start = time.perf_counter()
+    doc_vectors = encoder.encode([t if t else " " for t in texts])
+    encode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    query_vectors = encoder.encode(list(topics.values()))
+    query_ms = (time.perf_counter() - start) / len(topics) * 1000
+    kept = [v if t else SparseVector(v.ids[:0], v.weights[:0]) for v, t in zip(doc_vectors, texts)]
+    exact = exact_run(ids, kept, list(topics), query_vectors, encoder.vocab_size, 1000, remove_query)
+
+    by_scale = {}
+    for scale in SCALES:
+        log(f"{name}: scale {scale}")
+        query_terms = {q: encoder.to_terms(v, scale) for q, v in zip(topics, query_vectors)}
+        run, doc_terms, extra = splade_run(workdir / name, ids, texts, doc_vectors, query_terms, encoder, scale,
+                                           threads, remove_query)
+        by_scale[scale] = (run, doc_terms, query_terms)
+        sweep.append({"kind": "scale", "value": scale, **figures(run, qrels), **efficiency(doc_terms, query_terms, extra)})
+
+    run, doc_terms, query_terms = by_scale[DEFAULT_SCALE]
+    searcher = ImpactSearcher(workdir / name / f"index-{DEFAULT_SCALE}")
+    try:
+        for k in TOP_K[:-1]:
+            pruned = {q: prune(t, k) for q, t in query_terms.items()}
+            start = time.perf_counter()
+            pruned_run = searcher.search(pruned, 1000, threads, remove_query)
+            extra = {"index_mb": sweep[SCALES.index(DEFAULT_SCALE)]["index_mb"],
+                     "search_seconds": time.perf_counter() - start}
+            sweep.append({"kind": "query top-k", "value": k, **figures(pruned_run, qrels),
+                          **efficiency(doc_terms, pruned, extra)})
+    finally:
+        searcher.close()
+
+    default = next(row for row in sweep if row["kind"] == "scale" and row["value"] == DEFAULT_SCALE)
+    rows[f"SPLADE splade-tiny (scale {DEFAULT_SCALE})"] = default
+    rows["exact float reference"] = figures(exact, qrels)
+    rows["RRF(BM25, SPLADE)"] = figures(as_ranked(reciprocal_rank_fusion([as_scores(bm25), as_scores(run)])), qrels)
+    rows["linear 0.5/0.5 (BM25, SPLADE)"] = figures(
+        as_ranked(linear_fusion([as_scores(bm25), as_scores(run)], [0.5, 0.5])), qrels)
+    return {"dataset": name, "documents": len(docs), "queries": len(topics), "rows": rows, "sweep": sweep,
+            "encode_docs_per_second": round(len(docs) / encode_seconds, 1), "query_encode_ms": round(query_ms, 2),
+            "bm25_run": bm25, "remove_query": remove_query}
+
+
+def as_ranked(fused):
+    return {qid: sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:1000] for qid, scores in fused.items()}
+
+
+def reproduce(results: dict[str, dict]) -> list[dict]:
+    checks = []
+    for name, qrels_name, measure, published, tolerance in PUBLISHED:
+        if name not in results:
+            continue
+        qrels = read_qrels(DATASETS / name / "qrels" / qrels_name)
+        ours = figures(results[name]["bm25_run"], qrels)[measure]
+        checks.append({"dataset": name, "qrels": qrels_name, "measure": measure, "published": published,
+                       "ours": round(ours, 4), "difference": round(ours - published, 4),
+                       "within": abs(ours - published) <= tolerance, "tolerance": tolerance})
+    return checks
+
+
+def markdown(results: dict[str, dict], checks: list[dict]) -> str:
+    names = [m.name for m in MEASURES]
+    out = ["## Effectiveness and efficiency", "",
+           "| dataset | system | " + " | ".join(names) + " | postings/doc | postings/query | FLOPS | index MB | QPS |",
+           "|---|---|" + "---|" * (len(names) + 5)]
+    for name, result in results.items():
+        for system, row in result["rows"].items():
+            cells = [f"{row[m]:.4f}" for m in names] + [
+                str(row.get(key, "")) for key in ("postings_per_doc", "postings_per_query", "flops", "index_mb", "qps")]
+            out.append(f"| {name} | {system} | " + " | ".join(cells) + " |")
+    out += ["", "## Published BM25 figures", "", "| dataset | qrels | measure | published | ours | difference |",
+            "|---|---|---|---|---|---|"]
+    for c in checks:
+        mark = "" if c["within"] else f" (outside ±{c['tolerance']})"
+        out.append(f"| {c['dataset']} | {c['qrels']} | {c['measure']} | {c['published']:.4f} | {c['ours']:.4f} | "
+                   f"{c['difference']:+.4f}{mark} |")
+    out += ["", "## Sweeps (SPLADE splade-tiny)", "",
+            "| dataset | sweep | value | nDCG@10 | R@100 | postings/doc | postings/query | FLOPS | QPS |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for row in result["sweep"]:
+            out.append(f"| {name} | {row['kind']} | {row['value']} | {row['nDCG@10']:.4f} | {row['R@100']:.4f} | "
+                       f"{row['postings_per_doc']} | {row['postings_per_query']} | {row['flops']} | {row['qps']} |")
+    return "\n".join(out)
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for axis, (name, result) in zip(axes[0], results.items()):
+        for kind, marker in (("scale", "o-"), ("query top-k", "s--")):
+            rows = [r for r in result["sweep"] if r["kind"] == kind]
+            axis.plot([r["flops"] for r in rows], [r["nDCG@10"] for r in rows], marker, label=kind)
+            for r in rows:
+                axis.annotate(str(r["value"]), (r["flops"], r["nDCG@10"]), fontsize=7, xytext=(3, 3),
+                              textcoords="offset points")
+        axis.axhline(result["rows"]["exact float reference"]["nDCG@10"], color="grey", lw=0.8, ls=":",
+                     label="exact float")
+        axis.axhline(result["rows"]["BM25 flat"]["nDCG@10"], color="red", lw=0.8, ls="-.", label="BM25 flat")
+        axis.set_xscale("log")
+        axis.set_title(name)
+        axis.set_xlabel("FLOPS (expected term matches per query-document pair)")
+        axis.set_ylabel("nDCG@10")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=[n for n in SETTINGS if (DATASETS / n / "corpus.jsonl").is_file()])
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    args = parser.parse_args()
+    log = lambda text: print(text, file=sys.stderr, flush=True)
+    encoder = SpladeEncoder(models.resolve(None), "max", 512, args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-effectiveness-") as scratch:
+        for name in args.datasets:
+            results[name] = run_dataset(name, Path(scratch), encoder, args.threads, log)
+    checks = reproduce(results)
+    report = markdown(results, checks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "effectiveness.md").write_text(report + "\n")
+    plot(results, args.out / "tradeoff.png")
+    for result in results.values():
+        result.pop("bm25_run")
+    (args.out / "effectiveness.json").write_text(json.dumps({"results": results, "published": checks}, indent=2))
+    print(report)
+    print(json.dumps({"published": checks, "plot": str(args.out / "tradeoff.png")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
