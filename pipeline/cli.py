@@ -96,12 +96,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-tag", default=None)
     _common(p)
 
+    p = commands.add_parser("train", help="fine-tune a SPLADE model; writes a checkpoint folder for --encoder")
+    p.add_argument("--output", required=True, type=Path, help="checkpoint folder, e.g. models/NAME")
+    p.add_argument("--encoder", default=None, help="model to start from (default splade-tiny)")
+    p.add_argument("--triples", type=Path, help='JSONL {"query", "positive", "negative"[, "scores": [pos, neg]]}')
+    p.add_argument("--queries", type=Path, help="or mine triples: BEIR queries.jsonl or TSV topics ...")
+    p.add_argument("--qrels", type=Path, help="... judgments (relevant pairs become positives) ...")
+    p.add_argument("--corpus", type=Path, help="... and the corpus the documents come from")
+    p.add_argument("--negatives", choices=("bm25", "random"), default="bm25", help="mined negatives (default bm25)")
+    p.add_argument("--loss", choices=("contrastive", "margin-mse"), default="contrastive",
+                   help="in-batch contrastive (v1) or margin-MSE distillation (v2, needs teacher scores)")
+    p.add_argument("--regulariser", choices=("flops", "l1"), default="flops")
+    p.add_argument("--lambda-q", type=float, default=3e-3, help="query regulariser weight (default 3e-3)")
+    p.add_argument("--lambda-d", type=float, default=1e-3, help="document regulariser weight (default 1e-3)")
+    p.add_argument("--lambda-warmup-steps", type=int, default=100, help="quadratic lambda warm-up (default 100)")
+    p.add_argument("--pooling", choices=("max", "sum"), default="max")
+    p.add_argument("--batch-size", type=int, default=16, help="triples per step (default 16)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--query-max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256, help="document token limit in training (default 256)")
+    p.add_argument("--save-steps", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output")
+    _common(p)
+
     p = commands.add_parser("run", help="all four stages on a BEIR-format folder")
     p.add_argument("--dataset", required=True, type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
     p.add_argument("--name", default=None, help="name for outputs (default: the folder's name)")
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("--hits", type=int, default=1000)
     p.add_argument("--root", type=Path, default=Path("."), help="where collections/, indexes/, runs/ go")
+    p.add_argument("--keep-query", action="store_true",
+                   help="keep hits whose id equals the query id (BEIR drops them; Cranfield's ids are unrelated)")
     _model_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo every stage")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -123,7 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         stages.encode(args.corpus, args.output, args.encoder, args.batch_size, args.max_length, args.pooling,
                       args.scale, args.threads, args.shard_size, args.overwrite, progress)
     elif args.command == "index":
-        stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose)
+        stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose,
+                     progress=progress)
     elif args.command == "search":
         stages.search(args.index, args.output, args.topics, args.encoder, args.hits, args.remove_query,
                       args.format, args.threads, args.batch_size, args.encoded_queries, args.scale,
@@ -143,12 +175,29 @@ def _run(args: argparse.Namespace) -> int:
 
         queries = fuse_files(args.runs, args.output, args.method, args.k, args.weights, args.hits, args.run_tag)
         print(f"{args.output}: {queries} queries fused ({args.method})", file=sys.stderr)
+    elif args.command == "train":
+        from pipeline import train
+
+        if args.triples:
+            triples = train.read_triples(args.triples)
+        elif args.queries and args.qrels and args.corpus:
+            triples = train.mine_triples(args.queries, args.qrels, args.corpus, args.negatives, seed=args.seed,
+                                         workdir=args.output.parent, threads=args.threads or 1)
+        else:
+            raise PipelineError("train needs --triples, or --queries, --qrels and --corpus to mine them")
+        settings = train.TrainSettings(
+            args.pooling, args.loss, args.regulariser, args.lambda_q, args.lambda_d, args.lambda_warmup_steps,
+            args.learning_rate, args.warmup_steps, args.batch_size, args.epochs, args.max_steps,
+            args.query_max_length, args.max_length, args.seed)
+        summary = train.train(triples, args.output, args.encoder, settings, args.threads, args.save_steps,
+                              args.max_minutes, args.overwrite, progress)
+        print(json.dumps(summary, indent=2))
     elif args.command == "run":
         from pipeline.experiment import results_table, run_dataset
 
         result = run_dataset(args.dataset, args.encoder, args.name, args.root, args.split, args.hits, args.threads,
                              args.batch_size, args.scale, args.pooling, args.max_length, args.overwrite,
-                             progress=progress, verbose=args.verbose)
+                             remove_query=not args.keep_query, progress=progress, verbose=args.verbose)
         print(json.dumps(result, indent=2) if args.json else results_table([result]))
     elif args.command == "demo":
         from pipeline.demo import run_demo

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from pipeline import __version__
 from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.readers import Document, corpus_format, iter_lines, parse_document, read_corpus
+from pipeline.readers import Document, corpus_files, corpus_format, read_corpus, read_corpus_from
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
@@ -133,8 +133,16 @@ def release_memory() -> None:
 # -- the validation pass -----------------------------------------------------------------------
 
 def source_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """Where the corpus is and what it looked like: a change since planning invalidates the plan."""
+    files = corpus_files(path)
+    stats = [f.stat() for f in files]
+    return {"path": str(path.resolve()), "files": [str(f.relative_to(path)) for f in files] if path.is_dir() else [],
+            "bytes": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
+
+
+def source_paths(source: dict[str, Any]) -> list[Path]:
+    root = Path(source["path"])
+    return [root / name for name in source["files"]] if source["files"] else [root]
 
 
 def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str, Any]:
@@ -146,15 +154,15 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
     from tqdm import tqdm
 
     fmt = corpus_format(path)
+    source = {**source_identity(path), "format": fmt}
     shards: list[dict[str, int]] = []
     hashes = np.empty(1 << 16, dtype=np.int64)
     count = empty = 0
-    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="validate", disable=not progress,
+    with tqdm(total=count_lines_hint(source), unit="doc", desc="validate", disable=not progress,
               file=sys.stderr) as bar:
-        done = 0
-        for offset, doc in read_corpus(path, fmt):
+        for file_index, offset, doc in read_corpus_from(source_paths(source), fmt):
             if count % shard_size == 0:
-                shards.append({"offset": offset, "line": doc.line, "documents": 0})
+                shards.append({"file": file_index, "offset": offset, "line": doc.line, "documents": 0})
             shards[-1]["documents"] += 1
             if count == len(hashes):
                 hashes = np.resize(hashes, 2 * len(hashes))
@@ -162,14 +170,24 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
             count += 1
             empty += not doc.text
             if count % 4096 == 0:
-                bar.update(offset - done)
-                done = offset
-        bar.update(bar.total - done)
+                bar.update(4096)
+        bar.update(count % 4096)
     if not count:
         raise InputError(path, "no documents")
     _check_duplicates(path, fmt, hashes[:count])
-    return {"source": {**source_identity(path), "format": fmt},
-            "documents": count, "empty_documents": empty, "shards": shards}
+    return {"source": source, "documents": count, "empty_documents": empty, "shards": shards}
+
+
+def count_lines_hint(source: dict[str, Any]) -> int | None:
+    """A guess at the document count for the progress bar: lines in plain files, none for gzip."""
+    paths = source_paths(source)
+    if any(p.suffix == ".gz" for p in paths) or source["bytes"] > 4 << 30:
+        return None
+    total = 0
+    for path in paths:
+        with open(path, "rb") as handle:
+            total += sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 22), b""))
+    return total
 
 
 def _check_duplicates(path: Path, fmt: str, hashes) -> None:
@@ -194,9 +212,9 @@ def shard_documents(plan: dict[str, Any], index: int) -> Iterator[Document]:
     """The documents of one shard, read from its recorded byte offset."""
     source = plan["source"]
     shard = plan["shards"][index]
-    path = Path(source["path"])
-    reader = read_corpus(path, source["format"], start=shard["offset"], first_line=shard["line"])
-    for _, (_, doc) in zip(range(shard["documents"]), reader):
+    reader = read_corpus_from(source_paths(source), source["format"], shard["file"], shard["offset"],
+                              shard["line"])
+    for _, (_, _, doc) in zip(range(shard["documents"]), reader):
         yield doc
 
 
@@ -325,8 +343,7 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: boo
         source_then = recorded["source"]
         if source_then["path"] != str(corpus.resolve()):
             diff.append(f"corpus {source_then['path']} -> {corpus.resolve()}")
-        elif {k: source_then[k] for k in ("bytes", "mtime_ns")} != {
-                k: v for k, v in source_identity(corpus).items() if k != "path"}:
+        elif any(source_then.get(k) != v for k, v in source_identity(corpus).items()):
             diff.append("corpus file changed since it was encoded")
         if diff:
             raise ConsistencyError(f"{folder} was encoded with other settings ({'; '.join(diff)}); "

@@ -29,6 +29,3 @@ class InputError(PipelineError):
 class ConsistencyError(PipelineError):
     """Settings disagree with what an earlier stage recorded (override with --force)."""
 
-
-class StageDone(Exception):
-    """Raised internally when a finished stage is asked to run again without --overwrite."""

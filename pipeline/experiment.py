@@ -50,9 +50,13 @@ def judged_topics(queries: Path, qrels: Path) -> dict[str, str]:
 def run_dataset(dataset: Path, encoder: str | None = None, name: str | None = None, root: Path = Path("."),
                 split: str = "test", hits: int = 1000, threads: int | None = None, batch_size: int = 32,
                 scale: float = 100, pooling: str = "max", max_length: int = 512, overwrite: bool = False,
-                store_raw: bool = False, progress: bool = True, verbose: bool = False,
+                store_raw: bool = False, remove_query: bool = True, progress: bool = True, verbose: bool = False,
                 say: stages.Say = stages.stderr) -> dict[str, Any]:
-    """Encode, index, search and evaluate one dataset; returns paths, timings and figures."""
+    """Encode, index, search and evaluate one dataset; returns paths, timings and figures.
+
+    ``remove_query`` drops hits whose id equals the query id, as BEIR does; turn it off for
+    collections whose query and document ids are unrelated numbers (Cranfield).
+    """
     dataset, root = Path(dataset), Path(root)
     corpus, queries, qrels = dataset_files(dataset, split)
     name = name or dataset.resolve().name
@@ -67,11 +71,11 @@ def run_dataset(dataset: Path, encoder: str | None = None, name: str | None = No
                              overwrite=overwrite, progress=progress, say=say)
     timings["encode_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say)
+    stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress)
     timings["index_s"] = time.perf_counter() - start
     start = time.perf_counter()
     topics = judged_topics(queries, qrels)
-    stages.search(index_dir, run_file, topics, encoder, hits, remove_query=True, threads=threads,
+    stages.search(index_dir, run_file, topics, encoder, hits, remove_query=remove_query, threads=threads,
                   batch_size=batch_size, overwrite=True, progress=progress, say=say)
     timings["search_s"] = time.perf_counter() - start
     result = evaluate_files(run_file, qrels, warn=say)

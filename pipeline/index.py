@@ -61,17 +61,30 @@ def impact_arguments(threads: int, store_raw: bool) -> list[str]:
     return args + (["-storeRaw"] if store_raw else [])
 
 
-def run_indexer(source: Path, target: Path, options: list[str], verbose: bool) -> str:
-    """Run IndexCollection in a child JVM; returns its log, raises with the log's first error on failure."""
-    args = ["-input", str(source), "-index", str(target), *options]
+FILE_DONE = re.compile(r": (\d+) docs added\.")
+
+
+def run_indexer(source: Path, target: Path, options: list[str], verbose: bool, total: int | None = None,
+                progress: bool = True) -> str:
+    """Run IndexCollection in a child JVM; returns its log, raises with the log's first error on failure.
+
+    Anserini's ``-verbose`` logs each finished input file ("N docs added"), which drives the bar.
+    """
+    from tqdm import tqdm
+
+    args = ["-input", str(source), "-index", str(target), *options, "-verbose"]
     command = jvm.java_command("io.anserini.index.IndexCollection", *args, verbose=verbose)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                errors="replace")
     lines = []
-    for line in process.stdout:  # type: ignore[union-attr]
-        lines.append(line)
-        if verbose:
-            sys.stderr.write(line)
+    with tqdm(total=total, unit="doc", desc="index", disable=not progress, file=sys.stderr) as bar:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if verbose:
+                sys.stderr.write(line)
+            done = FILE_DONE.search(line)
+            if done:
+                bar.update(int(done.group(1)))
     code = process.wait()
     # A malformed segment makes Anserini skip the rest of that file without counting an error,
     # so any exception or error line fails the stage.
@@ -115,7 +128,8 @@ def load_record(index: Path) -> dict[str, Any] | None:
 
 
 def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool = False,
-                overwrite: bool = False, verbose: bool = False) -> tuple[dict[str, Any], bool]:
+                overwrite: bool = False, verbose: bool = False, progress: bool = False
+                ) -> tuple[dict[str, Any], bool]:
     """Index ``collection`` into ``index``; returns the index record and whether work was done."""
     collection, index = Path(collection), Path(index)
     source, manifest = collection_input(collection)
@@ -132,18 +146,20 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
         extra = {key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")}
         extra.update(postings=manifest["postings"], collection_shards=manifest["shards"])
     record = build_lucene_index(source, index, impact_arguments(threads, store_raw), expected, collection,
-                                verbose, extra)
+                                verbose, extra, progress)
     return record, True
 
 
 def build_lucene_index(source: Path, index: Path, options: list[str], expected: tuple[int, int | None],
-                       collection: Path, verbose: bool, extra: dict[str, Any]) -> dict[str, Any]:
+                       collection: Path, verbose: bool, extra: dict[str, Any], progress: bool = False
+                       ) -> dict[str, Any]:
     """Build into a temporary folder, verify every document is accounted for, then rename into place."""
     index.parent.mkdir(parents=True, exist_ok=True)
     temp = index.with_name(f".{index.name}.building-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        log = run_indexer(source, temp, options, verbose)
+        documents, empty = expected
+        log = run_indexer(source, temp, options, verbose, documents - (empty or 0), progress)
         record = {**_verify(temp, parse_counters(log), expected, collection), **extra}
         write_json(temp / RECORD, record)
         if index.exists():

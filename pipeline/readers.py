@@ -17,9 +17,6 @@ from typing import IO, Iterator
 
 from pipeline.errors import InputError
 
-CORPUS_FORMATS = ("beir", "jsoncollection", "tsv")
-
-
 @dataclass(frozen=True)
 class Document:
     id: str
@@ -91,9 +88,29 @@ def _check_id(path: Path, number: int, value: str, what: str) -> str:
     return value
 
 
+def corpus_files(path: Path) -> list[Path]:
+    """A corpus file, or the files of a corpus folder (a Pyserini JsonCollection) in sorted order."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(path, "empty folder: no corpus files")
+    return files
+
+
 def corpus_format(path: Path) -> str:
     """Tell BEIR, Pyserini JsonCollection and MS MARCO TSV apart from the file name and first record."""
-    path = Path(path)
+    files = corpus_files(path)
+    formats = {_base_suffix(f) == ".tsv" for f in files}
+    if len(formats) > 1:
+        raise InputError(path, "mixes .tsv and JSON files; a corpus folder must hold one format")
+    return _file_format(files[0])
+
+
+def _file_format(path: Path) -> str:
     suffix = _base_suffix(path)
     if suffix == ".tsv":
         return "tsv"
@@ -130,13 +147,20 @@ def parse_document(path: Path, fmt: str, number: int, text: str) -> Document:
     return Document(_check_id(path, number, doc_id, "document"), contents, number)
 
 
-def read_corpus(path: Path, fmt: str | None = None, start: int = 0,
-                first_line: int = 1) -> Iterator[tuple[int, Document]]:
-    """Yield ``(byte offset, Document)`` from ``start``; ``first_line`` numbers the line found there."""
-    path = Path(path)
-    fmt = fmt or corpus_format(path)
-    for number, offset, text in iter_lines(path, start, first_line):
-        yield offset, parse_document(path, fmt, number, text)
+def read_corpus_from(files: list[Path], fmt: str, file_index: int = 0, start: int = 0,
+                     first_line: int = 1) -> Iterator[tuple[int, int, Document]]:
+    """Yield ``(file index, byte offset, Document)`` from a position, on through the later files."""
+    for index in range(file_index, len(files)):
+        begin, line = (start, first_line) if index == file_index else (0, 1)
+        for number, offset, text in iter_lines(files[index], begin, line):
+            yield index, offset, parse_document(files[index], fmt, number, text)
+
+
+def read_corpus(path: Path, fmt: str | None = None) -> Iterator[tuple[int, Document]]:
+    """Yield ``(byte offset in its file, Document)`` for a corpus file or folder."""
+    files = corpus_files(path)
+    for _, offset, doc in read_corpus_from(files, fmt or corpus_format(path)):
+        yield offset, doc
 
 
 def _unique(path: Path, number: int, seen: dict[str, int], key: str, what: str) -> None:

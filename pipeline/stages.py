@@ -75,10 +75,11 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
 
 
 def index(collection: Path, index_dir: Path, threads: int | None = None, store_raw: bool = False,
-          overwrite: bool = False, verbose: bool = False, say: Say = stderr) -> dict[str, Any]:
+          overwrite: bool = False, verbose: bool = False, say: Say = stderr, progress: bool = False
+          ) -> dict[str, Any]:
     """JsonVectorCollection to a Lucene impact index, verified against the manifest."""
     record, worked = build_index(Path(collection), Path(index_dir), threads or default_threads(), store_raw,
-                                 overwrite, verbose)
+                                 overwrite, verbose, progress)
     counters = record["counters"]
     verb = "indexed" if worked else "already indexed (use --overwrite to rebuild)"
     say(f"{index_dir}: {verb}: " + ", ".join(f"{name} {value:,}" for name, value in counters.items()))
@@ -143,13 +144,6 @@ def _index_model(record: dict[str, Any]) -> models.ModelRef:
     if model is None or model.fingerprint != recorded["fingerprint"]:
         model = models.resolve(recorded["location"])
     return model
-
-
-def topics_name(path: Path) -> str:
-    """A short topic-set name for run files: ``queries.jsonl`` in ``scifact/`` becomes ``scifact``."""
-    path = Path(path)
-    stem = path.name.split(".")[0]
-    return path.parent.name if stem in ("queries", "topics") else stem
 
 
 def require_file(path: Path, what: str) -> Path:

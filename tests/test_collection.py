@@ -116,3 +116,15 @@ def test_option_checks(tmp_path, corpus):
     with pytest.raises(stages.PipelineError, match="exceeds what splade-tiny supports"):
         encode(corpus, tmp_path / "y", max_length=1024)
     shutil.rmtree(tmp_path / "y", ignore_errors=True)
+
+
+def test_corpus_folder_spanning_shards(tmp_path, encoder):
+    folder = tmp_path / "jsoncollection"
+    for part in range(3):
+        write_lines(folder / f"docs{part:02d}.jsonl",
+                    [json.dumps({"id": f"p{part}d{i}", "contents": f"passage {i} of file {part}"}) for i in range(3)])
+    manifest = encode(folder, tmp_path / "out", shard_size=4)
+    records = read_vectors(tmp_path / "out")
+    assert [r["id"] for r in records] == [f"p{p}d{i}" for p in range(3) for i in range(3)]
+    assert manifest["documents"] == 9 and len(manifest["shards"]) == 3
+    assert records[5]["vector"] == encoder.to_terms(encoder.encode(["passage 2 of file 1"])[0], 100)

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import dataset, write_lines
 from pipeline.errors import InputError
-from pipeline.readers import (corpus_format, read_corpus, read_encoded_queries, read_qrels, read_run,
-                              read_topics)
+from pipeline.readers import (corpus_files, corpus_format, read_corpus, read_corpus_from, read_encoded_queries,
+                              read_qrels, read_run, read_topics)
 
 
 def docs(path):
@@ -32,11 +32,26 @@ def test_jsoncollection_and_msmarco_tsv_and_gzip(tmp_path):
     assert docs(tsv) == [("0", "The presence of communication"), ("1", "second\tpassage with a tab")]
 
 
-def test_seek_to_offset_reads_from_that_document(tmp_path):
-    path = write_lines(tmp_path / "c.tsv", ["a\tone", "b\ttwo", "c\tthree"])
-    offsets = [(offset, d.line) for offset, d in read_corpus(path)]
-    rest = [(d.id, d.line) for _, d in read_corpus(path, start=offsets[1][0], first_line=offsets[1][1])]
-    assert rest == [("b", 2), ("c", 3)]
+def test_seek_to_offset_reads_from_that_document_on_through_later_files(tmp_path):
+    write_lines(tmp_path / "coll" / "docs00.tsv", ["a\tone", "b\ttwo", "c\tthree"])
+    write_lines(tmp_path / "coll" / "docs01.tsv", ["d\tfour"])
+    files = corpus_files(tmp_path / "coll")
+    positions = [(i, offset, d.line) for i, offset, d in read_corpus_from(files, "tsv")]
+    assert positions[3] == (1, 0, 1)
+    rest = [(d.id, d.line) for _, _, d in read_corpus_from(files, "tsv", 0, positions[1][1], positions[1][2])]
+    assert rest == [("b", 2), ("c", 3), ("d", 1)]
+
+
+def test_corpus_folder_of_json_collection_files(tmp_path):
+    write_lines(tmp_path / "c" / "docs01.jsonl", ['{"id": "b", "contents": "beta"}'])
+    write_lines(tmp_path / "c" / "docs00.jsonl", ['{"id": "a", "contents": "alpha"}'])
+    assert corpus_format(tmp_path / "c") == "jsoncollection" and docs(tmp_path / "c") == [("a", "alpha"), ("b", "beta")]
+    write_lines(tmp_path / "c" / "extra.tsv", ["x\ty"])
+    with pytest.raises(InputError, match="mixes .tsv and JSON files"):
+        corpus_format(tmp_path / "c")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputError, match="empty folder"):
+        corpus_format(tmp_path / "e")
 
 
 @pytest.mark.parametrize("line, message", [
