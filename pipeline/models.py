@@ -114,5 +114,9 @@ def _from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the user
+        try:  # offline with the model already in the local cache
+            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            pass
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"cannot fetch encoder {repo_id} from the Hugging Face hub: {first}") from None

@@ -40,3 +40,25 @@ def test_missing_weights_or_path(tmp_path):
         models.resolve(str(tmp_path))
     with pytest.raises(InputError, match="no such encoder directory"):
         models.resolve("./no/such/model/dir")
+
+
+def test_hub_id_resolves_from_the_local_cache_when_offline(tmp_path):
+    """A Hugging Face id works offline once cached (here: splade-tiny's files under a made-up id)."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--local--splade-tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for path in models.embedded_model_dir().iterdir():
+        if path.suffix in (".json", ".safetensors"):
+            shutil.copy(path, snapshot / path.name)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = "from pipeline import models; ref = models.resolve('local/splade-tiny'); print(ref.location, ref.fingerprint)"
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    location, fingerprint = out.stdout.split()
+    assert location == str(snapshot) and fingerprint == models.resolve(None).fingerprint
+    missing = subprocess.run([sys.executable, "-m", "pipeline", "encode", "--corpus", "x.jsonl", "--output", "o",
+                              "--encoder", "naver/not-cached-here"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot fetch encoder naver/not-cached-here" in missing.stderr
