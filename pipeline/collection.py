@@ -160,7 +160,7 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
     count = empty = 0
     with tqdm(total=count_lines_hint(source), unit="doc", desc="validate", disable=not progress,
               file=sys.stderr) as bar:
-        for file_index, offset, doc in read_corpus_from(source_paths(source), fmt):
+        for file_index, offset, doc in read_corpus_from(corpus_files(path), fmt):  # paths as the user gave them
             if count % shard_size == 0:
                 shards.append({"file": file_index, "offset": offset, "line": doc.line, "documents": 0})
             shards[-1]["documents"] += 1

@@ -25,7 +25,7 @@ from pipeline.models import ModelRef
 
 POOLINGS = ("max", "sum")
 VOCAB_TILE = 4096  # vocabulary rows per projection tile: a (tokens x tile) block stays in cache
-GROUP_TOKENS = 384  # short documents are projected together until they reach this many tokens
+GROUP_TOKENS = 768  # short documents are projected together until they reach this many tokens
 
 
 @dataclass(frozen=True)
