@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="the whole pipeline on an embedded corpus, with explained hits")
     p.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
-    p.add_argument("--query", default="q6", help="demo query to explain (q1..q10, default q6)")
+    p.add_argument("--query", default="q9", help="demo query to explain (q1..q10, default q9)")
     p.add_argument("--threads", type=int, default=None)
     _common(p)
     return parser

@@ -19,7 +19,7 @@ from pipeline.experiment import results_table, run_dataset
 from pipeline.readers import read_run, read_topics
 
 DEMO_DATA = Path(__file__).with_name("resources") / "demo"
-DEFAULT_QUERY = "q6"
+DEFAULT_QUERY = "q9"
 
 
 def collection_vectors(collection: Path) -> dict[str, dict[str, Any]]:

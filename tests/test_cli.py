@@ -51,5 +51,5 @@ def test_demo_explains_top_hits():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("| dataset | encoder | queries | nDCG@10")
-    assert any(line.startswith("Query q6:") for line in lines)
+    assert any(line.startswith("Query q9:") for line in lines)
     assert sum(1 for line in lines if line[:3] in ("1. ", "2. ", "3. ")) == 3
