@@ -50,6 +50,27 @@ def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray
     return vector.ids[keep], values[keep]
 
 
+def load_masked_lm(location: str):
+    """Tokenizer, masked-LM model and its decoder, with the decoder's forward made an identity.
+
+    The model then returns the MLM head's transformed hidden states (dense + activation + layer
+    norm, whatever the architecture calls those layers); the vocabulary projection is done by the
+    caller with ``decoder.weight`` and ``decoder.bias``.
+    """
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        mlm = AutoModelForMaskedLM.from_pretrained(location)
+    decoder = mlm.get_output_embeddings()
+    decoder.forward = _identity
+    return tokenizer, mlm, decoder
+
+
 class SpladeEncoder:
     """A BERT-style masked-LM checkpoint used as a SPLADE encoder."""
 
@@ -58,31 +79,19 @@ class SpladeEncoder:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         import torch
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         torch.set_num_threads(threads or default_threads())
         self.torch = torch
         self.model_ref = model
         self.pooling = pooling
-        self.max_length = max_length
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.tokenizer = AutoTokenizer.from_pretrained(model.location)
-            mlm = AutoModelForMaskedLM.from_pretrained(model.location)
+        self.tokenizer, mlm, decoder = load_masked_lm(model.location)
         mlm.eval()
-        decoder = mlm.get_output_embeddings()
         self.weight = decoder.weight.detach().clone().contiguous()  # vocab x hidden
         bias = getattr(decoder, "bias", None)
         self.bias = (bias.detach().clone() if bias is not None else torch.zeros(self.weight.shape[0]))
-        # With the decoder replaced by an identity, the model returns the MLM head's transformed hidden
-        # states (dense + activation + layer norm), whatever the architecture calls those layers.
-        decoder.forward = _identity
         self.model = mlm
         self.vocab_size = self.weight.shape[0]
-        self.max_length = min(max_length, self.tokenizer.model_max_length or max_length, 
+        self.max_length = min(max_length, self.tokenizer.model_max_length or max_length,
                               getattr(mlm.config, "max_position_embeddings", max_length))
         vocab = self.tokenizer.get_vocab()
         self.id_to_token = [""] * max(self.vocab_size, max(vocab.values()) + 1)

@@ -29,7 +29,7 @@ import torch
 
 from pipeline import losses, models
 from pipeline.collection import write_json
-from pipeline.encoder import VOCAB_TILE, default_threads
+from pipeline.encoder import VOCAB_TILE, default_threads, load_masked_lm
 from pipeline.errors import InputError, PipelineError
 from pipeline.readers import iter_lines, read_corpus, read_qrels, read_topics
 
@@ -153,15 +153,7 @@ class TrainableSplade(torch.nn.Module):
 
     def __init__(self, location: str, pooling: str = "max"):
         super().__init__()
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        self.tokenizer = AutoTokenizer.from_pretrained(location)
-        self.mlm = AutoModelForMaskedLM.from_pretrained(location)
-        self.decoder = self.mlm.get_output_embeddings()
-        self.decoder.forward = _identity  # the MLM head's transform runs; the projection is ours
+        self.tokenizer, self.mlm, self.decoder = load_masked_lm(location)
         self.pooling = pooling
 
     def forward(self, texts: list[str], max_length: int) -> torch.Tensor:
@@ -184,10 +176,6 @@ class TrainableSplade(torch.nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.mlm.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-
-
-def _identity(hidden):
-    return hidden
 
 
 # -- the loop ----------------------------------------------------------------------------------
