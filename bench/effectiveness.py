@@ -31,7 +31,7 @@ from pipeline.efficiency import flops, folder_bytes, mean_postings
 from pipeline.encoder import SparseVector, SpladeEncoder, default_threads
 from pipeline.evaluate import evaluate, parse_measure
 from pipeline.experiment import judged_topics
-from pipeline.fusion import linear_fusion, reciprocal_rank_fusion
+from pipeline.fusion import linear_fusion, reciprocal_rank_fusion, top
 from pipeline.index import build_index
 from pipeline.readers import read_corpus, read_qrels
 from pipeline.reference import exact_run
@@ -144,16 +144,12 @@ def run_dataset(name: str, workdir: Path, encoder: SpladeEncoder, threads: int, 
     default = next(row for row in sweep if row["kind"] == "scale" and row["value"] == DEFAULT_SCALE)
     rows[f"SPLADE splade-tiny (scale {DEFAULT_SCALE})"] = default
     rows["exact float reference"] = figures(exact, qrels)
-    rows["RRF(BM25, SPLADE)"] = figures(as_ranked(reciprocal_rank_fusion([as_scores(bm25), as_scores(run)])), qrels)
+    rows["RRF(BM25, SPLADE)"] = figures(top(reciprocal_rank_fusion([as_scores(bm25), as_scores(run)]), 1000), qrels)
     rows["linear 0.5/0.5 (BM25, SPLADE)"] = figures(
-        as_ranked(linear_fusion([as_scores(bm25), as_scores(run)], [0.5, 0.5])), qrels)
+        top(linear_fusion([as_scores(bm25), as_scores(run)], [0.5, 0.5]), 1000), qrels)
     return {"dataset": name, "documents": len(docs), "queries": len(topics), "rows": rows, "sweep": sweep,
             "encode_docs_per_second": round(len(docs) / encode_seconds, 1), "query_encode_ms": round(query_ms, 2),
             "bm25_run": bm25, "remove_query": remove_query}
-
-
-def as_ranked(fused):
-    return {qid: sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:1000] for qid, scores in fused.items()}
 
 
 def reproduce(results: dict[str, dict]) -> list[dict]:

@@ -7,6 +7,7 @@ analysis (Porter stemming, stopwords), BM25 with k1=0.9, b=0.4.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,7 @@ def build_bm25_index(corpus: Path, index: Path, threads: int = 1, verbose: bool 
         record = build_lucene_index(folder, index, options, (documents, None), Path(corpus), verbose,
                                     {"corpus": str(Path(corpus).resolve()), "model": "bm25-flat"})
     finally:
-        for path in folder.glob("*"):
-            path.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
     return record
 
 

@@ -155,12 +155,17 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
 
     fmt = corpus_format(path)
     source = {**source_identity(path), "format": fmt}
+    files = corpus_files(path)  # paths as the user gave them, for error messages
+    sizes = [f.stat().st_size for f in files]
+    before = np.concatenate([[0], np.cumsum(sizes)]).tolist()  # bytes in the files before each one
     shards: list[dict[str, int]] = []
     hashes = np.empty(1 << 16, dtype=np.int64)
     count = empty = 0
-    with tqdm(total=count_lines_hint(source), unit="doc", desc="validate", disable=not progress,
+    # Progress in bytes read; gzip offsets count decompressed bytes, so those get no total.
+    total = None if any(f.suffix == ".gz" for f in files) else sum(sizes)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="validate", disable=not progress,
               file=sys.stderr) as bar:
-        for file_index, offset, doc in read_corpus_from(corpus_files(path), fmt):  # paths as the user gave them
+        for file_index, offset, doc in read_corpus_from(files, fmt):
             if count % shard_size == 0:
                 shards.append({"file": file_index, "offset": offset, "line": doc.line, "documents": 0})
             shards[-1]["documents"] += 1
@@ -170,24 +175,13 @@ def plan_corpus(path: Path, shard_size: int, progress: bool = True) -> dict[str,
             count += 1
             empty += not doc.text
             if count % 4096 == 0:
-                bar.update(4096)
-        bar.update(count % 4096)
+                bar.update(before[file_index] + offset - bar.n)
+        if total is not None:
+            bar.update(total - bar.n)
     if not count:
         raise InputError(path, "no documents")
     _check_duplicates(path, fmt, hashes[:count])
     return {"source": source, "documents": count, "empty_documents": empty, "shards": shards}
-
-
-def count_lines_hint(source: dict[str, Any]) -> int | None:
-    """A guess at the document count for the progress bar: lines in plain files, none for gzip."""
-    paths = source_paths(source)
-    if any(p.suffix == ".gz" for p in paths) or source["bytes"] > 4 << 30:
-        return None
-    total = 0
-    for path in paths:
-        with open(path, "rb") as handle:
-            total += sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 22), b""))
-    return total
 
 
 def _check_duplicates(path: Path, fmt: str, hashes) -> None:
