@@ -1,15 +1,7 @@
 """SPLADE encoding: text to sparse vocabulary weights ``w_j = pool_i log(1 + ReLU(logit_ij))``.
 
-The naive formula builds a ``batch x length x vocab`` logits tensor (32 x 512 x 30,522 floats is
-2 GB) and then makes several passes over it; that memory traffic, not arithmetic, is what peers pay
-for. Here the transformer runs on length-sorted batches, padding is dropped, and the vocabulary
-projection is computed in cache-sized tiles over each document's real tokens only:
-
-* max pooling: ``log1p`` and ``ReLU`` are monotone, so ``max_i log1p(relu(h_i . W_j + b_j))`` equals
-  ``log1p(relu(max_i(h_i . W_j) + b_j))``; each tile keeps only the running max (one reduction).
-* sum pooling: each tile is activated and summed over the document's tokens.
-
-Both are exact: they compute the same dot products as the naive formula, only in another order.
+The transformer runs on length-sorted batches and padding is dropped before the vocabulary
+projection, which ``pipeline.projection`` computes in cache-sized tiles (shared with training).
 """
 
 from __future__ import annotations
@@ -22,10 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from pipeline.models import ModelRef
-
-POOLINGS = ("max", "sum")
-VOCAB_TILE = 4096  # vocabulary rows per projection tile: a (tokens x tile) block stays in cache
-GROUP_TOKENS = 768  # short documents are projected together until they reach this many tokens
+from pipeline.projection import GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups, project  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -122,29 +111,8 @@ class SpladeEncoder:
     # -- vocabulary projection ----------------------------------------------------------------
 
     def _project(self, packed, lengths: Sequence[int]):
-        """Pooled weights (len(lengths) x vocab) from packed hidden states, tile by tile."""
-        torch = self.torch
-        out = torch.empty((len(lengths), self.vocab_size))
-        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-        groups = _groups(lengths, GROUP_TOKENS)
-        buffer = torch.empty(max(starts[b] - starts[a] for a, b in groups) * VOCAB_TILE)
-        for first, last in groups:
-            block = packed[starts[first]:starts[last]]
-            rows = block.shape[0]
-            for lo in range(0, self.vocab_size, VOCAB_TILE):
-                hi = min(self.vocab_size, lo + VOCAB_TILE)
-                logits = torch.mm(block, self.weight[lo:hi].T, out=buffer[:rows * (hi - lo)].view(rows, hi - lo))
-                if self.pooling == "sum":
-                    logits.add_(self.bias[lo:hi]).relu_().log1p_()
-                for doc in range(first, last):
-                    part = logits[starts[doc] - starts[first]:starts[doc + 1] - starts[first]]
-                    if self.pooling == "max":
-                        torch.amax(part, 0, out=out[doc, lo:hi])
-                    else:
-                        torch.sum(part, 0, out=out[doc, lo:hi])
-        if self.pooling == "max":
-            out.add_(self.bias).relu_().log1p_()
-        return out
+        """Pooled weights (len(lengths) x vocab) from packed hidden states (the shared tiled kernel)."""
+        return project(packed, lengths, self.weight, self.bias, self.pooling)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -184,16 +152,3 @@ class SpladeEncoder:
 
 def _identity(hidden):
     return hidden
-
-
-def _groups(lengths: Sequence[int], min_tokens: int) -> list[tuple[int, int]]:
-    """Consecutive runs of documents holding at least ``min_tokens`` tokens (a long one alone)."""
-    groups, first, total = [], 0, 0
-    for index, length in enumerate(lengths):
-        total += length
-        if total >= min_tokens:
-            groups.append((first, index + 1))
-            first, total = index + 1, 0
-    if first < len(lengths):
-        groups.append((first, len(lengths)))
-    return groups

@@ -29,7 +29,8 @@ import torch
 
 from pipeline import losses, models
 from pipeline.collection import write_json
-from pipeline.encoder import VOCAB_TILE, default_threads, load_masked_lm
+from pipeline.encoder import default_threads, load_masked_lm
+from pipeline.projection import MaxProjection, max_pool_trainable  # noqa: F401
 from pipeline.errors import InputError, PipelineError
 from pipeline.readers import iter_lines, read_corpus, read_qrels, read_topics
 
@@ -120,34 +121,6 @@ def mine_triples(queries: Path, qrels: Path, corpus: Path, negatives: str = "bm2
 
 # -- the differentiable encoder ----------------------------------------------------------------
 
-class MaxProjection(torch.autograd.Function):
-    """``max_i h_i . W_j`` per document from packed hidden states, with exact sparse gradients."""
-
-    @staticmethod
-    def forward(ctx, packed, weight, starts):
-        documents, vocab = len(starts) - 1, weight.shape[0]
-        values = torch.empty((documents, vocab), dtype=packed.dtype)
-        winners = torch.empty((documents, vocab), dtype=torch.long)
-        for doc in range(documents):
-            block = packed[starts[doc]:starts[doc + 1]]
-            for lo in range(0, vocab, VOCAB_TILE):
-                best = torch.max(block @ weight[lo:lo + VOCAB_TILE].T, 0)
-                values[doc, lo:lo + VOCAB_TILE] = best.values
-                winners[doc, lo:lo + VOCAB_TILE] = best.indices + starts[doc]
-        ctx.save_for_backward(packed, weight, winners)
-        return values
-
-    @staticmethod
-    def backward(ctx, grad):
-        packed, weight, winners = ctx.saved_tensors
-        docs, terms = grad.nonzero(as_tuple=True)
-        g = grad[docs, terms].unsqueeze(1)
-        tokens = winners[docs, terms]
-        grad_packed = torch.zeros_like(packed).index_add_(0, tokens, g * weight[terms])
-        grad_weight = torch.zeros_like(weight).index_add_(0, terms, g * packed[tokens])
-        return grad_packed, grad_weight, None
-
-
 class TrainableSplade(torch.nn.Module):
     """A masked-LM checkpoint whose output is SPLADE weights, trainable end to end."""
 
@@ -163,12 +136,7 @@ class TrainableSplade(torch.nn.Module):
         mask = batch["attention_mask"].bool()
         bias = self.decoder.bias
         if self.pooling == "max":
-            lengths = mask.sum(1).tolist()
-            starts = [0]
-            for length in lengths:
-                starts.append(starts[-1] + length)
-            pooled = MaxProjection.apply(hidden[mask], self.decoder.weight, starts)
-            return torch.log1p(torch.relu(pooled + bias))
+            return max_pool_trainable(hidden[mask], mask.sum(1).tolist(), self.decoder.weight, bias)
         logits = hidden @ self.decoder.weight.T + bias
         return (torch.log1p(torch.relu(logits)) * mask.unsqueeze(-1)).sum(1)
 

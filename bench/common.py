@@ -1,0 +1,113 @@
+"""What every benchmark shares: the machine record, result files, smoke mode and peer imports.
+
+Each script under ``bench/`` builds its parser with ``parser()``, which adds ``--smoke`` (a tiny,
+fast run that CI executes so no script can rot) and ``--results`` (where the result file goes).
+``write_result`` stores one JSON file per script under ``bench/results/`` with the machine it ran
+on (CPU model and flags, cores, threads), library versions and the date, so that every figure in
+README.md and docs/ can be traced to a committed file. Smoke runs write ``NAME.smoke.json``,
+which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DATASETS = Path(os.environ.get("SPLADE_DATASETS", ROOT.parent / "shared" / "datasets"))
+PACKAGES = ("splade-pipeline", "torch", "transformers", "tokenizers", "pyserini", "sentence-transformers",
+            "numpy", "onnxruntime", "openvino", "optimum", "optimum-intel", "ray", "fastapi", "uvicorn",
+            "pyseismic-lsr", "bmp", "openai")
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+             "amx_bf16", "amx_int8")
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark has."""
+    p = argparse.ArgumentParser(description=(description or "").strip().splitlines()[0] if description else None)
+    p.add_argument("--smoke", action="store_true", help="tiny run for CI: checks the script works, figures meaningless")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the result file (default bench/results)")
+    return p
+
+
+def quiet_peers() -> None:
+    """Let ``import pyserini.encode`` work without an OpenAI key.
+
+    Pyserini builds an OpenAI client when ``pyserini.encode`` is imported; openai releases after
+    2.12 raise there without a key. pyproject pins openai==2.12.0; this covers other installs.
+    """
+    os.environ.setdefault("OPENAI_API_KEY", "unused-by-splade-pipeline-benchmarks")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cpu() -> dict[str, Any]:
+    """CPU model, the SIMD flags that matter for inference, and the cores this process may use."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "cores": cores,
+            "machine": platform.machine()}
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def gpu() -> str | None:
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine(threads: int | None = None) -> dict[str, Any]:
+    """Everything a reader needs to know where a figure came from."""
+    record: dict[str, Any] = {"cpu": cpu(), "threads": threads, "gpu": gpu(), "versions": versions(),
+                              "platform": platform.platform(),
+                              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if "torch" in sys.modules:
+        import torch
+
+        record["torch_threads"] = torch.get_num_threads()
+    return record
+
+
+def write_result(name: str, result: dict[str, Any], args: argparse.Namespace,
+                 threads: int | None = None) -> Path:
+    """Write ``NAME.json`` (``NAME.smoke.json`` in smoke mode) with the machine record; print it."""
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{'.smoke' if args.smoke else ''}.json"
+    body = {"benchmark": name, "smoke": bool(args.smoke), "command": " ".join(["python", *sys.argv]),
+            "machine": machine(threads), **result}
+    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+    print(text)
+    print(f"wrote {path}", file=sys.stderr)
+    return path
