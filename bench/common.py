@@ -88,6 +88,8 @@ def machine(threads: int | None = None) -> dict[str, Any]:
     """Everything a reader needs to know where a figure came from."""
     record: dict[str, Any] = {"cpu": cpu(), "threads": threads, "gpu": gpu(), "versions": versions(),
                               "platform": platform.platform(),
+                              # other work on the machine skews seconds more than ratios: say how much
+                              "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
                               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     if "torch" in sys.modules:
         import torch

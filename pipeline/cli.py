@@ -8,11 +8,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+
+
+PRESETS = ("auto", "beir", "msmarco", "dl")  # pipeline.evaluate.PRESET_CHOICES, without importing it
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (``splade-pipeline encode: error: ...``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def integer(minimum: int, maximum: int | None = None):
+    """An ``int`` option within bounds; the message names the bound and the value given."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
+def number(minimum: float = -math.inf, above: bool = False):
+    """A finite ``float`` option, ``> minimum`` (``above``) or ``>= minimum``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {minimum:g}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE = number(0, above=True)
+COUNT = integer(1)  # threads, hits, batch and shard sizes, steps
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -23,18 +68,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _model_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
     parser.add_argument("--encoder", default=None,
                         help="splade-tiny (embedded, default), a local checkpoint folder or a Hugging Face id")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--max-length", type=int, default=512 if defaults else None,
+    parser.add_argument("--batch-size", type=COUNT, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument("--threads", type=COUNT, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--max-length", type=integer(2), default=512 if defaults else None,
                         help="token limit per text" + (" (default 512)" if defaults else " (default: the index's)"))
     parser.add_argument("--pooling", choices=("max", "sum"), default="max" if defaults else None,
                         help="max (SPLADE v2) or sum (v1)" + (" (default max)" if defaults else ""))
-    parser.add_argument("--scale", type=float, default=100 if defaults else None,
+    parser.add_argument("--scale", type=POSITIVE, default=100 if defaults else None,
                         help="quantisation: weight = int(round(w * scale))" + (" (default 100)" if defaults else ""))
+    parser.add_argument("--device", default="cpu" if defaults else None,
+                        help="cpu (default), cuda, cuda:N, mps, or auto (the first of cuda, mps, cpu found)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                        help="torch backend: fp32 (exact, default), or fp16/bf16 autocast (GPU; bf16 also CPU)"
+                             + ("" if defaults else "; default: the index's"))
+    parser.add_argument("--backend", choices=("torch", "onnx", "openvino"), default="torch" if defaults else None,
+                        help="torch (default), or onnx / openvino: int8 on the CPU (pip install "
+                             "'splade-pipeline[int8]')" + ("" if defaults else "; default: the index's"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splade-pipeline",
+    parser = _Parser(prog="splade-pipeline",
                                      description="SPLADE model -> Lucene impact index -> scored TREC run.")
     parser.add_argument("--version", action="version", version=f"splade-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -44,14 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BEIR corpus.jsonl, JsonCollection .jsonl or MS MARCO collection.tsv (.gz too)")
     p.add_argument("--output", required=True, type=Path, help="collection folder, e.g. collections/NAME")
     _model_options(p)
-    p.add_argument("--shard-size", type=int, default=10_000, help="documents per shard (default 10000)")
+    p.add_argument("--shard-size", type=COUNT, default=10_000, help="documents per shard (default 10000)")
     p.add_argument("--overwrite", action="store_true", help="encode again even if the collection is complete")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="encode the shards on Ray workers: alone, a Ray runtime on this machine; with an "
+                        "address (host:6379), a running cluster; --threads is then per worker (default 1)")
+    p.add_argument("--ray-workers", type=COUNT, default=None,
+                   help="Ray workers, each loading the model once (default: the cluster's CPUs / --threads, "
+                        "or its GPUs with --device cuda)")
     _common(p)
 
     p = commands.add_parser("index", help="collection -> Lucene impact index (Anserini IndexCollection)")
     p.add_argument("--collection", required=True, type=Path, help="collection folder from encode")
     p.add_argument("--index", required=True, type=Path, help="index folder, e.g. indexes/NAME")
-    p.add_argument("--threads", type=int, default=None, help="indexing threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="indexing threads (default: all cores)")
     p.add_argument("--store-raw", action="store_true", help="store each document's JSON in the index")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the index is complete")
     _common(p)
@@ -62,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoded-queries", type=Path,
                    help='pre-encoded queries: JSONL {"id", "vector"} or Anserini\'s cached .tsv(.gz)')
     p.add_argument("--output", required=True, type=Path, help="run file, e.g. runs/run.NAME.txt")
-    p.add_argument("--hits", type=int, default=1000, help="hits per query (default 1000)")
+    p.add_argument("--hits", type=COUNT, default=1000, help="hits per query (default 1000)")
     p.add_argument("--remove-query", action="store_true", help="drop hits whose id equals the query id (BEIR)")
     p.add_argument("--format", choices=("trec", "msmarco"), default="trec", help="run format (default trec)")
     p.add_argument("--run-tag", default="splade", help="last column of TREC runs (default splade)")
@@ -75,10 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--qrels", required=True, type=Path, help="TREC qrels or BEIR qrels TSV")
     p.add_argument("--metrics", nargs="+", default=None,
-                   help="e.g. nDCG@10 R@100 MRR@10 MAP P@30 (default by collection kind: MS MARCO "
-                        "MRR@10 R@1000; TREC DL nDCG@10 MAP R@1000 at level 2; BEIR nDCG@10 R@100)")
+                   help="e.g. nDCG@10 R@100 MRR@10 MAP P@30 (default: the preset's)")
+    p.add_argument("--preset", choices=PRESETS, default="auto",
+                   help="default measures: beir (nDCG@10 R@100), msmarco (MRR@10 R@1000), dl (nDCG@10 MAP "
+                        "R@1000 at level 2); auto (default) picks dl for TREC DL's graded 0-3 pools, else beir")
     p.add_argument("--level", type=int, default=None,
-                   help="lowest grade counted relevant by binary measures (trec_eval -l; TREC DL: 2)")
+                   help="lowest grade counted relevant by binary measures, at least 1 (trec_eval -l; TREC DL: 2)")
     p.add_argument("--judged-run-only", action="store_true",
                    help="average over queries in both run and qrels (trec_eval without -c)")
     p.add_argument("--per-query", action="store_true", help="also print each query's figures")
@@ -89,11 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, nargs="+", type=Path, help="two or more run files (TREC or MS MARCO)")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--method", choices=("rrf", "linear"), default="rrf", help="default rrf")
-    p.add_argument("--k", type=float, default=60, help="RRF constant (default 60)")
-    p.add_argument("--weights", nargs="+", type=float, default=None,
+    p.add_argument("--k", type=POSITIVE, default=60, help="RRF constant (default 60)")
+    p.add_argument("--weights", nargs="+", type=number(), default=None,
                    help="linear: one weight per run (default equal)")
-    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--hits", type=COUNT, default=1000)
     p.add_argument("--run-tag", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a fused run made from other inputs")
     _common(p)
 
     p = commands.add_parser("train", help="fine-tune a SPLADE model; writes a checkpoint folder for --encoder")
@@ -107,32 +169,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("contrastive", "margin-mse"), default="contrastive",
                    help="in-batch contrastive (v1) or margin-MSE distillation (v2, needs teacher scores)")
     p.add_argument("--regulariser", choices=("flops", "l1"), default="flops")
-    p.add_argument("--lambda-q", type=float, default=3e-3, help="query regulariser weight (default 3e-3)")
-    p.add_argument("--lambda-d", type=float, default=1e-3, help="document regulariser weight (default 1e-3)")
-    p.add_argument("--lambda-warmup-steps", type=int, default=100, help="quadratic lambda warm-up (default 100)")
+    p.add_argument("--lambda-q", type=number(0), default=3e-3, help="query regulariser weight (default 3e-3)")
+    p.add_argument("--lambda-d", type=number(0), default=1e-3, help="document regulariser weight (default 1e-3)")
+    p.add_argument("--lambda-warmup-steps", type=integer(0), default=100, help="quadratic lambda warm-up (default 100)")
     p.add_argument("--pooling", choices=("max", "sum"), default="max")
-    p.add_argument("--batch-size", type=int, default=16, help="triples per step (default 16)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--query-max-length", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=256, help="document token limit in training (default 256)")
-    p.add_argument("--save-steps", type=int, default=50)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--batch-size", type=COUNT, default=16, help="triples per step (default 16)")
+    p.add_argument("--epochs", type=POSITIVE, default=1.0)
+    p.add_argument("--max-steps", type=COUNT, default=None)
+    p.add_argument("--learning-rate", type=POSITIVE, default=3e-5)
+    p.add_argument("--warmup-steps", type=integer(0), default=20)
+    p.add_argument("--query-max-length", type=integer(2), default=64)
+    p.add_argument("--max-length", type=integer(2), default=256, help="document token limit in training (default 256)")
+    p.add_argument("--save-steps", type=COUNT, default=50)
+    p.add_argument("--max-minutes", type=POSITIVE, default=None, help="stop (resumably) after this long")
+    p.add_argument("--threads", type=COUNT, default=None)
+    p.add_argument("--seed", type=integer(0), default=13)
+    p.add_argument("--gradient-accumulation-steps", type=COUNT, default=1,
+                   help="batches per optimiser step (default 1); in-batch negatives stay within a batch")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N, mps, or auto; several GPUs: launch with torchrun (DDP)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="fp32 (default), or fp16/bf16 mixed precision (fp16 needs a GPU)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output")
     _common(p)
 
-    p = commands.add_parser("run", help="all four stages on a BEIR-format folder")
-    p.add_argument("--dataset", required=True, type=Path, help="folder with corpus.jsonl, queries.jsonl, qrels/")
+    p = commands.add_parser("run", help="all four stages on a BEIR folder or corpus, topics and qrels files")
+    p.add_argument("--dataset", type=Path, default=None,
+                   help="folder with corpus.jsonl (or collection.tsv), queries.jsonl, qrels/")
+    p.add_argument("--corpus", type=Path, default=None, help="corpus file instead of the dataset's (e.g. collection.tsv)")
+    p.add_argument("--topics", type=Path, default=None, help="topics file instead of the dataset's (e.g. dl19.jsonl)")
+    p.add_argument("--qrels", type=Path, default=None,
+                   help="qrels file instead of the dataset's qrels/<split>.tsv; its name becomes the split")
     p.add_argument("--name", default=None, help="name for outputs (default: the folder's name)")
     p.add_argument("--split", default="test", help="qrels split (default test)")
-    p.add_argument("--hits", type=int, default=1000)
+    p.add_argument("--hits", type=COUNT, default=1000)
     p.add_argument("--root", type=Path, default=Path("."), help="where collections/, indexes/, runs/ go")
-    p.add_argument("--keep-query", action="store_true",
-                   help="keep hits whose id equals the query id (BEIR drops them; Cranfield's ids are unrelated)")
+    p.add_argument("--remove-query", choices=("auto", "always", "never"), default="auto",
+                   help="hits whose id equals the query id: auto (default) drops them unless the qrels judge the "
+                        "pair relevant; always (BEIR's rule as is); never")
+    p.add_argument("--keep-query", action="store_true", help="same as --remove-query never")
+    p.add_argument("--preset", choices=PRESETS, default="auto", help="evaluation preset (see evaluate --preset)")
     _model_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo every stage")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -141,7 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="the whole pipeline on an embedded corpus, with explained hits")
     p.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: a temporary folder)")
     p.add_argument("--query", default="q9", help="demo query to explain (q1..q10, default q9)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=COUNT, default=None)
+    _common(p)
+
+    p = commands.add_parser("serve", help="warm search service: JSON API and a page that explains rankings")
+    p.add_argument("--index", required=True, action="append", metavar="[NAME=]PATH",
+                   help="index to serve (repeat for several); named by its folder unless NAME= is given")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=integer(0, 65535), default=8080, help="port (default 8080)")
+    p.add_argument("--workers", type=integer(1, 64), default=1,
+                   help="worker processes, each with its own JVM and model (default 1)")
+    p.add_argument("--threads", type=integer(1), default=1, help="torch threads per worker (default 1)")
     _common(p)
     return parser
 
@@ -152,18 +238,22 @@ def _run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.command == "encode":
         stages.encode(args.corpus, args.output, args.encoder, args.batch_size, args.max_length, args.pooling,
-                      args.scale, args.threads, args.shard_size, args.overwrite, progress)
+                      args.scale, args.threads, args.shard_size, args.overwrite, progress,
+                      device=args.device, precision=args.precision, backend=args.backend, ray=args.ray,
+                      ray_workers=args.ray_workers)
     elif args.command == "index":
         stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose,
                      progress=progress)
     elif args.command == "search":
         stages.search(args.index, args.output, args.topics, args.encoder, args.hits, args.remove_query,
                       args.format, args.threads, args.batch_size, args.encoded_queries, args.scale,
-                      args.pooling, args.max_length, args.force, args.overwrite, args.run_tag, progress)
+                      args.pooling, args.max_length, args.force, args.overwrite, args.run_tag, progress,
+                      device=args.device, precision=args.precision, backend=args.backend)
     elif args.command == "evaluate":
         from pipeline.evaluate import evaluate_files
 
-        result = evaluate_files(args.run, args.qrels, args.metrics, args.level, not args.judged_run_only)
+        result = evaluate_files(args.run, args.qrels, args.metrics, args.level, not args.judged_run_only,
+                                preset=args.preset)
         if not args.per_query:
             result.pop("per_query")
         if args.json:
@@ -173,11 +263,14 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "fuse":
         from pipeline.fusion import fuse_files
 
-        queries = fuse_files(args.runs, args.output, args.method, args.k, args.weights, args.hits, args.run_tag)
-        print(f"{args.output}: {queries} queries fused ({args.method})", file=sys.stderr)
+        queries = fuse_files(args.runs, args.output, args.method, args.k, args.weights, args.hits, args.run_tag,
+                             args.overwrite)
+        if queries is not None:
+            print(f"{args.output}: {queries} queries fused ({args.method})", file=sys.stderr)
     elif args.command == "train":
-        from pipeline import train
+        from pipeline import devices, train
 
+        devices.resolve(args.device, args.precision)  # absent hardware fails before any mining
         if args.triples:
             triples = train.read_triples(args.triples)
         elif args.queries and args.qrels and args.corpus:
@@ -188,21 +281,30 @@ def _run(args: argparse.Namespace) -> int:
         settings = train.TrainSettings(
             args.pooling, args.loss, args.regulariser, args.lambda_q, args.lambda_d, args.lambda_warmup_steps,
             args.learning_rate, args.warmup_steps, args.batch_size, args.epochs, args.max_steps,
-            args.query_max_length, args.max_length, args.seed)
+            args.query_max_length, args.max_length, args.seed, args.gradient_accumulation_steps)
         summary = train.train(triples, args.output, args.encoder, settings, args.threads, args.save_steps,
-                              args.max_minutes, args.overwrite, progress)
+                              args.max_minutes, args.overwrite, progress, device=args.device,
+                              precision=args.precision)
         print(json.dumps(summary, indent=2))
     elif args.command == "run":
         from pipeline.experiment import results_table, run_dataset
 
         result = run_dataset(args.dataset, args.encoder, args.name, args.root, args.split, args.hits, args.threads,
                              args.batch_size, args.scale, args.pooling, args.max_length, args.overwrite,
-                             remove_query=not args.keep_query, progress=progress, verbose=args.verbose)
+                             remove_query="never" if args.keep_query else args.remove_query, progress=progress,
+                             verbose=args.verbose, corpus=args.corpus, topics=args.topics, qrels=args.qrels,
+                             preset=args.preset, device=args.device, precision=args.precision,
+                             backend=args.backend)
         print(json.dumps(result, indent=2) if args.json else results_table([result]))
     elif args.command == "demo":
         from pipeline.demo import run_demo
 
         run_demo(args.workdir, args.query, threads=args.threads)
+    elif args.command == "serve":
+        from pipeline.service import serve
+        from pipeline.service.backend import index_names
+
+        serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose)
     return 0
 
 
@@ -214,12 +316,24 @@ def _print_evaluation(result: dict) -> None:
         print(f"{name}\t{value:.4f}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporary folders, locks) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         from pipeline import jvm
 
         jvm.VERBOSE = True
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        previous = None
     try:
         return _run(args)
     except PipelineError as exc:
@@ -229,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"splade-pipeline {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"splade-pipeline {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"splade-pipeline {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline import __version__
+from pipeline import __version__, outputs
 from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.outputs import file_sha256, write_atomic  # write_atomic is also used by search, bm25, train
 from pipeline.readers import Document, corpus_files, corpus_format, read_corpus, read_corpus_from
 
 PLAN = "plan.json"
@@ -64,23 +65,6 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 
 # -- small file helpers ------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
-    """Write to a temporary file, sync, then rename: readers see all or nothing.
-
-    ``temp_dir`` (same file system) keeps a killed writer's leftovers out of ``path``'s folder,
-    which matters for ``vectors/``: Anserini reads every file there, hidden ones included.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = temp_dir or path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / f".{path.name}.{os.getpid()}.tmp"
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
 
 def write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
@@ -221,15 +205,33 @@ def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int],
                  ) -> dict[str, Any]:
     """Encode shard ``index`` of the planned collection in ``folder`` and write it atomically.
 
-    Idempotent and independent of other shards: the unit of work for resuming and for a cluster.
+    Idempotent and independent of other shards: the unit of work for resuming and for a cluster
+    (``pipeline.distributed`` runs ``shard_content`` on Ray workers and ``write_shard`` here).
     """
     plan = read_json(folder / PLAN)
-    settings = plan["settings"]
+    data, info = shard_content(plan, index, read_shard(plan, index), encoder, on_progress)
+    write_shard(folder, index, data, info)
+    return info
+
+
+def read_shard(plan: dict[str, Any], index: int) -> list[Document]:
+    """The documents of shard ``index``, checked against the count the plan recorded."""
     docs = list(shard_documents(plan, index))
     expected = plan["shards"][index]["documents"]
     if len(docs) != expected:
         raise InputError(plan["source"]["path"], f"shard {index} expected {expected} documents, found "
                                                  f"{len(docs)}: the corpus changed since it was planned")
+    return docs
+
+
+def shard_content(plan: dict[str, Any], index: int, docs: list[Document], encoder,
+                  on_progress: Callable[[int], Any] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The vectors file's bytes and the record of one shard; writes nothing.
+
+    Depends only on the plan, the documents and the encoder, so one process can compute it and
+    another write it (a Ray worker and the driver).
+    """
+    settings = plan["settings"]
     scale = settings["scale"]
     texts = [doc.text for doc in docs if doc.text]
     vectors = iter(encoder.encode(texts, settings["batch_size"], on_batch=on_progress))
@@ -238,17 +240,26 @@ def encode_shard(folder: Path, index: int, encoder, on_progress: Callable[[int],
         terms = encoder.to_terms(next(vectors), scale) if doc.text else {}
         lines.append(document_line(doc.id, doc.text, terms))
         postings.append(len(terms))
+    emptied = sum(1 for doc, count in zip(docs, postings) if doc.text and not count)
+    if texts and emptied == len(texts):
+        raise PipelineError(f"--scale {scale:g} leaves every vector of shard {index} empty (no weight x "
+                            f"{scale:g} rounds to 1 or more); use a larger --scale, e.g. 100")
     if on_progress and len(texts) < len(docs):
         on_progress(len(docs) - len(texts))  # empty documents are kept, with an empty vector
     data = b"".join(lines)
     name = shard_name(index)
-    write_atomic(folder / VECTORS / f"{name}.jsonl", data, temp_dir=folder / TMP)
     info = {"file": f"{VECTORS}/{name}.jsonl", "planned": plan["shards"][index], "documents": len(docs),
-            "empty_documents": sum(1 for doc in docs if not doc.text),
+            "empty_documents": sum(1 for doc in docs if not doc.text), "empty_vectors": emptied,
             "postings": sum(postings), "max_postings": max(postings, default=0),
             "sha256": hashlib.sha256(data).hexdigest()}
+    return data, info
+
+
+def write_shard(folder: Path, index: int, data: bytes, info: dict[str, Any]) -> None:
+    """Vectors first, then the record that marks the shard finished; each atomically."""
+    name = shard_name(index)
+    write_atomic(folder / VECTORS / f"{name}.jsonl", data, temp_dir=folder / TMP)
     write_json(folder / SHARDS / f"{name}.json", info)
-    return info
 
 
 def finished_shards(folder: Path, plan: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -280,6 +291,8 @@ def finish(folder: Path) -> dict[str, Any]:
         "format": "JsonVectorCollection", "created_by": f"splade-pipeline {__version__}",
         "source": plan["source"], "settings": plan["settings"],
         "documents": documents, "empty_documents": sum(r["empty_documents"] for r in records),
+        # documents with text whose every weight rounded to 0: Anserini skips them as empty too
+        "empty_vectors": sum(r.get("empty_vectors", 0) for r in records),
         "postings": {"total": postings, "mean_per_doc": round(postings / documents, 2),
                      "max_per_doc": max(r["max_postings"] for r in records)},
         "shards": [{"file": r["file"], "documents": r["documents"], "sha256": r["sha256"]} for r in records],
@@ -290,14 +303,6 @@ def finish(folder: Path) -> dict[str, Any]:
 
 
 # -- the stage ---------------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def verify_vectors(folder: Path, manifest: dict[str, Any]) -> None:
     """``vectors/`` must hold exactly the manifest's shards, unchanged: Anserini indexes every file there."""
@@ -314,6 +319,30 @@ def verify_vectors(folder: Path, manifest: dict[str, Any]) -> None:
                                                       "manifest.json); encode again with --overwrite")
 
 
+COLLECTION_ENTRY = re.compile(r"(?:plan|manifest)\.json|(?:vectors|shards|\.tmp)/|vectors/part-\d{5}\.jsonl"
+                              r"|shards/part-\d{5}\.json|(?:\.tmp/|shards/)?\.[^/]+\.\d+\.tmp")
+
+
+def is_collection_entry(name: str) -> bool:
+    """Whether a name inside a collection folder is one that encode writes."""
+    return COLLECTION_ENTRY.fullmatch(name) is not None
+
+
+def is_collection(folder: Path) -> bool:
+    """Whether ``folder`` holds our plan or manifest: the proof that encode wrote it."""
+    for name, keys in ((MANIFEST, ("created_by", "settings", "shards")), (PLAN, ("source", "settings", "shards"))):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(value, dict) and all(key in value for key in keys) and \
+                    str(value.get("created_by", "splade-pipeline")).startswith("splade-pipeline"):
+                return True
+    return False
+
+
 def load_manifest(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / MANIFEST
     return read_json(path) if path.is_file() else None
@@ -325,10 +354,9 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: boo
     corpus, folder = Path(corpus), Path(folder)
     if not corpus.exists():
         raise InputError(corpus, "no such file or directory")
-    if folder.exists() and overwrite:
-        for name in (MANIFEST, PLAN, VECTORS, SHARDS, TMP):
-            target = folder / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    ours = outputs.check_folder(folder, "--output", "a collection", is_collection_entry, is_collection)
+    if ours and overwrite:  # only our own files: check_folder refused anything else
+        outputs.remove_owned(folder, is_collection_entry, keep_folder=True)
     manifest = load_manifest(folder)
     plan_path = folder / PLAN
     recorded = manifest or (read_json(plan_path) if plan_path.is_file() else None)
@@ -351,27 +379,48 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: boo
     return plan
 
 
+RunShards = Callable[[Path, dict[str, Any], list[int], Any], None]  # (folder, plan, pending, tqdm bar)
+
+
 def encode_corpus(corpus: Path, folder: Path, load_encoder: Callable[[], Any], settings: EncodeSettings,
-                  overwrite: bool = False, progress: bool = True) -> tuple[dict[str, Any], bool]:
+                  overwrite: bool = False, progress: bool = True, run_shards: RunShards | None = None
+                  ) -> tuple[dict[str, Any], bool]:
     """Run the encode stage; returns the manifest and whether any work was done.
 
     ``load_encoder`` is called only when some shard needs encoding, so a finished or resumed
-    collection does not pay for loading the model.
+    collection does not pay for loading the model. ``run_shards`` encodes the pending shards
+    elsewhere (``pipeline.distributed``: on Ray workers); by default they run in this process.
     """
+    folder = Path(folder)
+    with outputs.locked(folder, "encode"):
+        return _encode_locked(corpus, folder, load_encoder, settings, overwrite, progress, run_shards)
+
+
+def _encode_locked(corpus: Path, folder: Path, load_encoder: Callable[[], Any], settings: EncodeSettings,
+                   overwrite: bool, progress: bool, run_shards: RunShards | None = None
+                   ) -> tuple[dict[str, Any], bool]:
     from tqdm import tqdm
 
-    folder = Path(folder)
     plan = prepare(corpus, folder, settings, overwrite, progress)
     if plan is None:
         return load_manifest(folder), False
     done = finished_shards(folder, plan)
     pending = [index for index in range(len(plan["shards"])) if index not in done]
     if pending:
-        steady_memory()
-        encoder = load_encoder()
+        run = run_shards or _in_process(load_encoder)
         with tqdm(total=plan["documents"], initial=sum(r["documents"] for r in done.values()), unit="doc",
                   desc="encode", disable=not progress, file=sys.stderr, smoothing=0.05) as bar:
-            for index in pending:
-                encode_shard(folder, index, encoder, on_progress=bar.update)
-                release_memory()
+            run(folder, plan, pending, bar)
     return finish(folder), True
+
+
+def _in_process(load_encoder: Callable[[], Any]) -> RunShards:
+    """The default runner: load the model here, then encode the pending shards one after another."""
+    steady_memory()
+    encoder = load_encoder()
+
+    def run(folder: Path, plan: dict[str, Any], pending: list[int], bar) -> None:
+        for index in pending:
+            encode_shard(folder, index, encoder, on_progress=bar.update)
+            release_memory()
+    return run

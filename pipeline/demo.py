@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline import models, stages
 from pipeline.errors import PipelineError
+from pipeline.explain import explain, text_tokens
 from pipeline.experiment import results_table, run_dataset
 from pipeline.readers import read_run, read_topics
 
@@ -32,18 +33,6 @@ def collection_vectors(collection: Path) -> dict[str, dict[str, Any]]:
     return docs
 
 
-def explain(query_terms: dict[str, int], query_tokens: set[str], doc: dict[str, Any],
-            doc_tokens: set[str]) -> list[tuple[str, int, str]]:
-    """Matching terms by contribution, each with its expansion mark ('', '+q', '+d' or '+q+d')."""
-    vector = doc["vector"]
-    matched = []
-    for token, weight in query_terms.items():
-        if token in vector:
-            mark = ("+q" if token not in query_tokens else "") + ("+d" if token not in doc_tokens else "")
-            matched.append((token, weight * vector[token], mark))
-    return sorted(matched, key=lambda item: (-item[1], item[0]))
-
-
 def run_demo(workdir: Path | None = None, query_id: str = DEFAULT_QUERY, top: int = 3, threads: int | None = None,
              say: stages.Say = print) -> dict[str, Any]:
     """Run the pipeline on the embedded collection and print the table and one query's top hits."""
@@ -59,14 +48,13 @@ def run_demo(workdir: Path | None = None, query_id: str = DEFAULT_QUERY, top: in
         encoder = stages.load_encoder(models.resolve(None), "max", 512, threads)
         text = topics[query_id]
         query_terms = encoder.to_terms(encoder.encode([text])[0], 100)
-        query_tokens = set(encoder.tokens(encoder.tokenize([text])[0]))
+        query_tokens = text_tokens(encoder.tokenizer, text)
         docs = collection_vectors(Path(result["collection"]))
         hits = sorted(read_run(Path(result["run"]))[query_id].items(), key=lambda item: (-item[1], item[0]))
         say(f"Query {query_id}: {text!r} -> {len(query_terms)} weighted terms")
         for rank, (docid, score) in enumerate(hits[:top], start=1):
             doc = docs[docid]
-            doc_tokens = set(encoder.tokens(encoder.tokenize([doc["contents"]])[0]))
-            terms = explain(query_terms, query_tokens, doc, doc_tokens)
+            terms = explain(query_terms, query_tokens, doc["vector"], text_tokens(encoder.tokenizer, doc["contents"]))
             say(f"{rank}. {docid}  score {score:,.0f}  {doc['contents'][:70]}...")
             say("   " + ", ".join(f"{token}{mark} {value:,}" for token, value, mark in terms[:8]))
         say("(+q: expansion term absent from the query text; +d: absent from the passage text)")

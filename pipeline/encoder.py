@@ -1,20 +1,29 @@
 """SPLADE encoding: text to sparse vocabulary weights ``w_j = pool_i log(1 + ReLU(logit_ij))``.
 
-The transformer runs on length-sorted batches and padding is dropped before the vocabulary
-projection, which ``pipeline.projection`` computes in cache-sized tiles (shared with training).
+Texts are tokenised in windows by a background thread while the previous window is encoded. Within
+a window they are sorted by length and cut into batches by a token budget (``batch_size x
+max_length`` padded tokens), so a batch of short texts holds many and padding stays small. The
+transformer runs on a backend (``pipeline.backends``: torch on any device and precision, or an
+int8 ONNX Runtime / OpenVINO graph on the CPU); the vocabulary projection is computed by
+``pipeline.projection`` in tiles (shared with training): over packed real tokens on the CPU, over
+the padded batch with masked rows on a GPU, where one batched kernel beats many small ones.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.models import ModelRef
-from pipeline.projection import GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups, project  # noqa: F401
+from pipeline import backends, devices
+from pipeline.models import ModelRef, load_masked_lm  # noqa: F401  (load_masked_lm: used by train)
+from pipeline.projection import (GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups,  # noqa: F401
+                                 project, project_padded)
+
+TOKENIZE_WINDOW = 4096  # texts tokenised ahead by the background thread
 
 
 @dataclass(frozen=True)
@@ -39,54 +48,69 @@ def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray
     return vector.ids[keep], values[keep]
 
 
-def load_masked_lm(location: str):
-    """Tokenizer, masked-LM model and its decoder, with the decoder's forward made an identity.
+def token_batches(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Cut length-sorted texts into runs whose padded size (count x longest) fits ``budget`` tokens.
 
-    The model then returns the MLM head's transformed hidden states (dense + activation + layer
-    norm, whatever the architecture calls those layers); the vocabulary projection is done by the
-    caller with ``decoder.weight`` and ``decoder.bias``.
+    A text longer than the budget forms a batch of its own.
     """
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        mlm = AutoModelForMaskedLM.from_pretrained(location)
-    decoder = mlm.get_output_embeddings()
-    decoder.forward = _identity
-    return tokenizer, mlm, decoder
+    found, first = [], 0
+    for index, length in enumerate(lengths):
+        if index > first and (index - first + 1) * length > budget:
+            found.append((first, index))
+            first = index
+    if first < len(lengths):
+        found.append((first, len(lengths)))
+    return found
 
 
 class SpladeEncoder:
-    """A BERT-style masked-LM checkpoint used as a SPLADE encoder."""
+    """A BERT-style masked-LM checkpoint used as a SPLADE encoder.
+
+    ``device``/``precision`` as in ``pipeline.devices``; ``backend`` as in ``pipeline.backends``
+    (``torch``, the exact reference in fp32, or an int8 CPU graph).
+    """
 
     def __init__(self, model: ModelRef, pooling: str = "max", max_length: int = 512,
-                 threads: int | None = None):
+                 threads: int | None = None, device: str | None = "cpu", precision: str | None = None,
+                 backend: str = "torch"):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         import torch
 
-        torch.set_num_threads(threads or default_threads())
         self.torch = torch
+        self.threads = threads or default_threads()
+        torch.set_num_threads(self.threads)
+        self.placement = backends.placement(backend, device, precision)
+        self.backend_name = backend
         self.model_ref = model
         self.pooling = pooling
         self.tokenizer, mlm, decoder = load_masked_lm(model.location)
         mlm.eval()
-        self.weight = decoder.weight.detach().clone().contiguous()  # vocab x hidden
+        weight = decoder.weight.detach().clone().contiguous()  # vocab x hidden
         bias = getattr(decoder, "bias", None)
-        self.bias = (bias.detach().clone() if bias is not None else torch.zeros(self.weight.shape[0]))
-        self.model = mlm
-        self.vocab_size = self.weight.shape[0]
+        bias = bias.detach().clone() if bias is not None else torch.zeros(weight.shape[0])
+        self.vocab_size = weight.shape[0]
         self.max_length = min(max_length, self.tokenizer.model_max_length or max_length,
                               getattr(mlm.config, "max_position_embeddings", max_length))
+        self.runner = backends.load(backend, model, mlm, self.placement, self.threads)
+        device_ = self.placement.device
+        # The projection runs in the compute precision; the bias and the pooled weights stay fp32.
+        self.weight = weight.to(device_, self.placement.dtype).contiguous()
+        self.bias = bias.to(device_, torch.float32)
+        self.model = mlm
         vocab = self.tokenizer.get_vocab()
         self.id_to_token = [""] * max(self.vocab_size, max(vocab.values()) + 1)
         for token, index in vocab.items():
             self.id_to_token[index] = token
         self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def describe(self) -> dict[str, str]:
+        """The encoder record for manifests and index records (fingerprint includes backend, precision)."""
+        return self.model_ref.describe(self.backend_name, self.precision)
+
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
 
     # -- tokenisation -------------------------------------------------------------------------
 
@@ -96,50 +120,96 @@ class SpladeEncoder:
 
     # -- transformer --------------------------------------------------------------------------
 
-    def _hidden(self, token_ids: Sequence[Sequence[int]]):
-        """Transformed hidden states of the real tokens, packed: (sum of lengths) x hidden."""
+    def _inputs(self, token_ids: Sequence[Sequence[int]]):
+        """Padded ``input_ids`` and ``attention_mask`` (CPU tensors; pinned when bound for a GPU)."""
         torch = self.torch
         width = max(len(ids) for ids in token_ids)
-        input_ids = torch.full((len(token_ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+        input_ids = np.full((len(token_ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(token_ids), width), dtype=np.int64)
         for row, ids in enumerate(token_ids):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            input_ids[row, :len(ids)] = ids
             mask[row, :len(ids)] = 1
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).logits
-        return hidden[mask.bool()].contiguous()
+        input_ids, mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
+        if self.placement.kind == "cuda":
+            input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+        return input_ids, mask
+
+    def _hidden(self, token_ids: Sequence[Sequence[int]]):
+        """Transformed hidden states of the real tokens, packed: (sum of lengths) x hidden."""
+        input_ids, mask = self._inputs(token_ids)
+        hidden = self.runner.hidden(input_ids, mask)
+        return hidden[mask.to(hidden.device).bool()].contiguous()
 
     # -- vocabulary projection ----------------------------------------------------------------
 
     def _project(self, packed, lengths: Sequence[int]):
-        """Pooled weights (len(lengths) x vocab) from packed hidden states (the shared tiled kernel)."""
-        return project(packed, lengths, self.weight, self.bias, self.pooling)
+        """Pooled weights (len(lengths) x vocab, fp32) from packed hidden states (the shared kernel)."""
+        return project(packed.to(self.weight.dtype), lengths, self.weight, self.bias, self.pooling)
+
+    def _pooled(self, batch: Sequence[Sequence[int]]):
+        """Pooled fp32 weights of one batch, on the backend's device."""
+        if self.placement.accelerated:
+            input_ids, mask = self._inputs(batch)
+            hidden = self.runner.hidden(input_ids, mask)
+            mask = mask.to(hidden.device, non_blocking=True)
+            return project_padded(hidden.to(self.weight.dtype), mask, self.weight, self.bias, self.pooling)
+        return self._project(self._hidden(batch), [len(ids) for ids in batch])
+
+    def _sparse(self, dense) -> list[SparseVector]:
+        """Rows of a dense (texts x vocab) tensor as sparse vectors; only non-zeros leave the device."""
+        torch = self.torch
+        rows, cols = torch.nonzero(dense, as_tuple=True)
+        values = dense[rows, cols].float().cpu().numpy()
+        cols = cols.to(torch.int32).cpu().numpy()
+        counts = torch.bincount(rows, minlength=dense.shape[0]).cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        return [SparseVector(cols[bounds[i]:bounds[i + 1]], values[bounds[i]:bounds[i + 1]])
+                for i in range(dense.shape[0])]
 
     # -- public API ---------------------------------------------------------------------------
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
                    on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
-        """Encode tokenised texts; batches are formed over length-sorted inputs to avoid padding.
+        """Encode tokenised texts; batches of length-sorted texts fill ``batch_size x max_length`` tokens.
 
         ``on_batch`` receives the number of texts done after each batch (for progress bars).
         """
         torch = self.torch
+        if not token_ids:
+            return []
         order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
+        lengths = [len(token_ids[i]) for i in order]
         result: list[SparseVector | None] = [None] * len(token_ids)
-        with torch.inference_mode():
-            for lo in range(0, len(order), batch_size):
-                chosen = order[lo:lo + batch_size]
-                batch = [token_ids[i] for i in chosen]
-                dense = self._project(self._hidden(batch), [len(ids) for ids in batch])
-                for i, row in zip(chosen, dense):
-                    ids = torch.nonzero(row).flatten()
-                    result[i] = SparseVector(ids.numpy().astype(np.int32), row[ids].numpy())
+        with torch.inference_mode(), self.placement.autocast():
+            for first, last in token_batches(lengths, batch_size * self.max_length):
+                chosen = order[first:last]
+                vectors = self._sparse(self._pooled([token_ids[i] for i in chosen]))
+                for i, vector in zip(chosen, vectors):
+                    result[i] = vector
                 if on_batch:
                     on_batch(len(chosen))
         return result  # type: ignore[return-value]
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
-        return self.encode_ids(self.tokenize(texts), batch_size, on_batch) if texts else []
+        """Encode texts; the next window is tokenised in a background thread meanwhile."""
+        found: list[SparseVector] = []
+        for ids in self._tokenized_windows(texts):
+            found.extend(self.encode_ids(ids, batch_size, on_batch))
+        return found
+
+    def _tokenized_windows(self, texts: Sequence[str]) -> Iterator[list[list[int]]]:
+        windows = [texts[lo:lo + TOKENIZE_WINDOW] for lo in range(0, len(texts), TOKENIZE_WINDOW)]
+        if len(windows) <= 1:
+            yield from (self.tokenize(window) for window in windows)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+            pending = pool.submit(self.tokenize, windows[0])
+            for following in [*windows[1:], None]:
+                ids = pending.result()
+                if following is not None:
+                    pending = pool.submit(self.tokenize, following)
+                yield ids
 
     def tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.id_to_token[i] for i in ids]
@@ -148,7 +218,3 @@ class SpladeEncoder:
         """Quantised ``{token: int}`` as written to JsonVectorCollection files and impact queries."""
         ids, values = quantise(vector, scale)
         return dict(zip(self.tokens(ids.tolist()), values.tolist()))
-
-
-def _identity(hidden):
-    return hidden

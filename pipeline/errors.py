@@ -29,3 +29,6 @@ class InputError(PipelineError):
 class ConsistencyError(PipelineError):
     """Settings disagree with what an earlier stage recorded (override with --force)."""
 
+
+class OutputBusy(PipelineError):
+    """Another process holds the lock of an output; nothing was written."""

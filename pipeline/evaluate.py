@@ -1,12 +1,19 @@
 """The evaluate stage: trec_eval's measures with trec_eval's semantics, in pure Python.
 
 Semantics followed (checked against trec_eval 9.0.4, the binary inside Anserini's jar):
-* a run is re-sorted by score descending, ties by document id descending; the rank column is ignored;
+* scores are 32-bit floats (trec_eval stores ``atof`` in a ``float``): scores equal in float32 are
+  tied, e.g. SPLADE's integer scores of 10^4-10^6 minus a 1e-6 tie offset, or integers above 2^24;
+* a run is re-sorted by score descending, ties by document id descending (``strcmp``); the rank
+  column is ignored;
 * only queries with judgments are scored; with ``-c`` (the default here, as in Pyserini's 2CR and
   BEIR) judged queries missing from the run count as zero;
 * binary measures (MAP, recall, precision, reciprocal rank) count ``grade >= level`` as relevant;
   nDCG uses the grades themselves as gains (negative grades as 0) and ignores the level;
 * a cut-off such as MRR@10 is trec_eval's ``-M 10 -m recip_rank``.
+
+Which measures and relevance level apply is a preset (``beir``, ``msmarco``, ``dl``), chosen by
+the user or, with ``auto``, derived from the qrels' content (never from the file's name) and
+always reported.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import InputError
+import numpy as np
+
+from pipeline.errors import InputError, PipelineError
 from pipeline.readers import read_qrels, read_run
 
-PRESETS: dict[str, tuple[list[str], int]] = {
+PRESETS: dict[str, tuple[list[str], int]] = {  # measures, relevance level
     "msmarco": (["MRR@10", "R@1000"], 1),
     "beir": (["nDCG@10", "R@100"], 1),
     "dl": (["nDCG@10", "MAP", "R@1000"], 2),
@@ -119,25 +128,44 @@ def parse_measure(text: str) -> Measure:
                            "(or trec_eval names ndcg_cut.10, recall.100, map, P.30)")
 
 
-def guess_preset(qrels_path: str | Path) -> str:
-    """Default measures by collection kind, from the qrels file's path."""
-    name = str(qrels_path).lower()
-    if re.search(r"(^|[^a-z])(dl|trec-dl)[-_]?(19|20|21|22|23)|deep-learning", name):
-        return "dl"
-    if "msmarco" in name or "ms-marco" in name or "dev-small" in name:
-        return "msmarco"
-    return "beir"
+PRESET_CHOICES = ("auto", *PRESETS)
+DL_GRADES = {0, 1, 2, 3}
+DL_MIN_JUDGMENTS_PER_QUERY = 100  # TREC DL pools: ~210 per query; BEIR sets: 1-40 (TREC-COVID grades 0-2)
+
+
+def derive_preset(qrels: dict[str, dict[str, int]]) -> tuple[str, str]:
+    """``dl`` for TREC-DL-shaped judgments (grades 0-3, deep pools), else ``beir``; with the reason.
+
+    MS MARCO dev qrels (one grade-1 judgment per query) look like most BEIR sets, so ``msmarco``
+    is only ever chosen explicitly.
+    """
+    grades = {grade for judged in qrels.values() for grade in judged.values()}
+    rows = sum(len(judged) for judged in qrels.values())
+    per_query = rows / max(len(qrels), 1)
+    shape = f"grades {sorted(grades)}, {per_query:.1f} judgments per query"
+    if grades == DL_GRADES and per_query >= DL_MIN_JUDGMENTS_PER_QUERY:
+        return "dl", f"{shape}, as TREC DL"
+    return "beir", f"{shape}, not TREC DL's graded 0-3 pools"
+
+
+def check_level(level: int) -> int:
+    if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+        raise PipelineError(f"--level must be an integer of at least 1 (the lowest grade counted relevant), "
+                            f"got {level!r}")
+    return level
 
 
 def ranked_grades(hits: dict[str, float], judged: dict[str, int]) -> list[int]:
-    """trec_eval's order: score descending, then document id descending; unjudged docs grade 0."""
-    order = sorted(hits.items(), key=lambda item: (item[1], item[0]), reverse=True)
-    return [judged.get(docid, 0) for docid, _ in order]
+    """trec_eval's order: float32 score descending, then document id descending; unjudged docs grade 0."""
+    scores = np.asarray(list(hits.values()), dtype=np.float64).astype(np.float32).tolist()
+    order = sorted(zip(scores, hits), reverse=True)
+    return [judged.get(docid, 0) for _, docid in order]
 
 
 def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], measures: list[Measure],
              level: int = 1, complete: bool = True) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Mean and per-query values; ``complete`` is trec_eval's ``-c``."""
+    check_level(level)
     queries = sorted(qrels) if complete else sorted(q for q in run if q in qrels)
     per_query: dict[str, dict[str, float]] = {}
     for qid in queries:
@@ -152,14 +180,28 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
 
 def evaluate_files(run_path: Path, qrels_path: Path, metrics: list[str] | None = None,
                    level: int | None = None, complete: bool = True,
-                   warn: Callable[[str], object] = lambda text: print(text, file=sys.stderr)
-                   ) -> dict[str, object]:
-    """Evaluate a run file against a qrels file; the result is what ``--json`` prints."""
+                   warn: Callable[[str], object] = lambda text: print(text, file=sys.stderr),
+                   preset: str = "auto") -> dict[str, object]:
+    """Evaluate a run file against a qrels file; the result is what ``--json`` prints.
+
+    ``preset`` (``auto``, ``beir``, ``msmarco``, ``dl``) gives the default measures and level;
+    ``metrics`` and ``level`` override them. The preset that applied is reported through ``warn``.
+    """
+    if preset not in PRESET_CHOICES:
+        raise PipelineError(f"--preset must be one of {', '.join(PRESET_CHOICES)}, got {preset!r}")
+    if level is not None:
+        check_level(level)
     run, qrels = read_run(run_path), read_qrels(qrels_path)
-    preset = guess_preset(qrels_path)
+    if preset == "auto":
+        preset, reason = derive_preset(qrels)
+        reason = f"derived from the qrels: {reason}; --preset beir|msmarco|dl chooses"
+    else:
+        reason = "chosen"
     names, preset_level = PRESETS[preset]
     measures = [parse_measure(m) for m in (metrics or names)]
     level = preset_level if level is None else level
+    warn(f"preset {preset} ({' '.join(names)} at level {preset_level}; {reason}); "
+         f"measuring {' '.join(m.name for m in measures)} at level {level}")
     shared = set(run) & set(qrels)
     if not shared:
         raise InputError(run_path, f"none of its {len(run)} query ids appears in the qrels {qrels_path} "
@@ -169,7 +211,7 @@ def evaluate_files(run_path: Path, qrels_path: Path, metrics: list[str] | None =
     if complete and len(shared) < len(qrels):
         warn(f"note: {len(qrels) - len(shared)} judged queries are missing from the run and score 0 (trec_eval -c)")
     means, per_query = evaluate(run, qrels, measures, level, complete)
-    return {"run": str(run_path), "qrels": str(qrels_path), "preset": preset if not metrics else None,
+    return {"run": str(run_path), "qrels": str(qrels_path), "preset": preset, "preset_reason": reason,
             "relevance_level": level, "queries": len(per_query), "metrics": means,
             "trec_eval": {m.name: f"trec_eval {'-c ' if complete else ''}-l {level} -m {m.trec_name}"
                           for m in measures},

@@ -1,7 +1,18 @@
-"""The ``run`` command: all four stages on a BEIR-format folder, then a results table.
+"""The ``run`` command: all four stages on one dataset, then a results table.
+
+A dataset is a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) or any
+corpus, topics and qrels files given one by one, e.g. MS MARCO's ``collection.tsv`` with the TREC DL
+topics and graded qrels (the evaluation preset is derived from the qrels and reported).
 
 Outputs follow Anserini's folders: ``collections/<name>.<model>``, ``indexes/<name>.<model>`` and
 ``runs/run.<name>.<model>.<split>.txt`` under ``root`` (the working directory by default).
+
+Hits whose document id equals the query id: BEIR drops them (ArguAna's queries are corpus
+documents, never judged relevant to themselves). On sets whose query and document ids are
+unrelated numbers that would drop judged relevant documents, so the default rule, ``auto``, drops
+such a hit only when the qrels do not judge that (query, document) pair relevant: BEIR's figures
+wherever BEIR's rule is meant, and never a judged relevant document lost. ``always`` is BEIR's rule
+as is, ``never`` keeps every hit.
 """
 
 from __future__ import annotations
@@ -11,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import stages
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 from pipeline.evaluate import evaluate_files
 from pipeline.readers import read_qrels, read_topics
 from pipeline.search import default_run_name
+
+REMOVE_QUERY_RULES = ("auto", "always", "never")
 
 
 def model_label(encoder: str | None) -> str:
@@ -22,19 +35,30 @@ def model_label(encoder: str | None) -> str:
     return Path((encoder or "splade-tiny").rstrip("/")).name
 
 
-def dataset_files(dataset: Path, split: str) -> tuple[Path, Path, Path]:
-    dataset = Path(dataset)
-    if not dataset.is_dir():
-        raise InputError(dataset, "no such dataset folder (expected BEIR layout: corpus.jsonl, "
-                                  "queries.jsonl, qrels/<split>.tsv)")
-    corpus = next((dataset / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (dataset / n).is_file()),
-                  dataset / "corpus.jsonl")
-    queries = next((dataset / n for n in ("queries.jsonl", "queries.jsonl.gz") if (dataset / n).is_file()),
-                   dataset / "queries.jsonl")
-    qrels = dataset / "qrels" / f"{split}.tsv"
-    for path, what in ((corpus, "corpus"), (queries, "queries"), (qrels, f"qrels for split '{split}'")):
-        stages.require_file(path, what)
-    return corpus, queries, qrels
+def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def dataset_files(dataset: Path | None, split: str = "test", corpus: Path | None = None,
+                  topics: Path | None = None, qrels: Path | None = None) -> tuple[Path, Path, Path]:
+    """Corpus, topics and qrels: from a BEIR folder (or one holding MS MARCO's ``collection.tsv``),
+    each replaceable by a file of its own; without a folder all three files are needed."""
+    if dataset is not None:
+        dataset = Path(dataset)
+        if not dataset.is_dir():
+            raise InputError(dataset, "no such dataset folder (expected BEIR layout: corpus.jsonl, "
+                                      "queries.jsonl, qrels/<split>.tsv; or give --corpus, --topics, --qrels)")
+        corpus = corpus or _first(dataset, ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv",
+                                            "collection.tsv.gz")) or dataset / "corpus.jsonl"
+        topics = topics or _first(dataset, ("queries.jsonl", "queries.jsonl.gz")) or dataset / "queries.jsonl"
+        qrels = qrels or dataset / "qrels" / f"{split}.tsv"
+    missing = [flag for flag, value in (("--corpus", corpus), ("--topics", topics), ("--qrels", qrels))
+               if value is None]
+    if missing:
+        raise PipelineError(f"run needs --dataset, or {', '.join(missing)} (with --corpus, --topics and --qrels)")
+    for path, what in ((corpus, "corpus"), (topics, "topics (queries)"), (qrels, f"qrels")):
+        stages.require_file(Path(path), what)
+    return Path(corpus), Path(topics), Path(qrels)
 
 
 def judged_topics(queries: Path, qrels: Path) -> dict[str, str]:
@@ -47,19 +71,39 @@ def judged_topics(queries: Path, qrels: Path) -> dict[str, str]:
     return {qid: text for qid, text in topics.items() if qid in judged}
 
 
-def run_dataset(dataset: Path, encoder: str | None = None, name: str | None = None, root: Path = Path("."),
-                split: str = "test", hits: int = 1000, threads: int | None = None, batch_size: int = 32,
-                scale: float = 100, pooling: str = "max", max_length: int = 512, overwrite: bool = False,
-                store_raw: bool = False, remove_query: bool = True, progress: bool = True, verbose: bool = False,
-                say: stages.Say = stages.stderr) -> dict[str, Any]:
-    """Encode, index, search and evaluate one dataset; returns paths, timings and figures.
+def self_hit_rule(rule: str | bool, topics: dict[str, str], qrels: Path) -> tuple[bool | list[str], int]:
+    """What ``search`` drops for a rule, and how many (query, query-id) pairs the qrels judge relevant."""
+    if isinstance(rule, bool):
+        rule = "always" if rule else "never"
+    if rule not in REMOVE_QUERY_RULES:
+        raise PipelineError(f"--remove-query must be one of {', '.join(REMOVE_QUERY_RULES)}, got {rule!r}")
+    judged = read_qrels(qrels)
+    relevant_self = {qid for qid in topics if judged.get(qid, {}).get(qid, 0) > 0}
+    if rule == "always":
+        return True, len(relevant_self)
+    if rule == "never":
+        return False, len(relevant_self)
+    return sorted(qid for qid in topics if qid not in relevant_self), len(relevant_self)
 
-    ``remove_query`` drops hits whose id equals the query id, as BEIR does; turn it off for
-    collections whose query and document ids are unrelated numbers (Cranfield).
+
+def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: str | None = None,
+                root: Path = Path("."), split: str = "test", hits: int = 1000, threads: int | None = None,
+                batch_size: int = 32, scale: float = 100, pooling: str = "max", max_length: int = 512,
+                overwrite: bool = False, store_raw: bool = False, remove_query: str | bool = "auto",
+                progress: bool = True, verbose: bool = False, say: stages.Say = stages.stderr,
+                corpus: Path | None = None, topics: Path | None = None, qrels: Path | None = None,
+                preset: str = "auto", device: str | None = None, precision: str | None = None,
+                backend: str = "torch") -> dict[str, Any]:
+    """Encode, index, search and evaluate one dataset; returns paths, timings, figures and the
+    remove-query rule that applied (``auto``, ``always``, ``never``; see the module docstring).
+
+    Without ``name`` outputs are named after the dataset folder (or the corpus file's folder); the
+    split is the qrels file's name when ``qrels`` is given.
     """
-    dataset, root = Path(dataset), Path(root)
-    corpus, queries, qrels = dataset_files(dataset, split)
-    name = name or dataset.resolve().name
+    root = Path(root)
+    split = Path(qrels).name.split(".")[0] if qrels is not None else split
+    corpus, queries, qrels = dataset_files(dataset, split, corpus, topics, qrels)
+    name = name or (Path(dataset) if dataset is not None else corpus.parent).resolve().name
     label = model_label(encoder)
     collection = root / "collections" / f"{name}.{label}"
     index_dir = root / "indexes" / f"{name}.{label}"
@@ -68,19 +112,31 @@ def run_dataset(dataset: Path, encoder: str | None = None, name: str | None = No
 
     start = time.perf_counter()
     manifest = stages.encode(corpus, collection, encoder, batch_size, max_length, pooling, scale, threads,
-                             overwrite=overwrite, progress=progress, say=say)
+                             overwrite=overwrite, progress=progress, say=say, device=device, precision=precision,
+                             backend=backend)
     timings["encode_s"] = time.perf_counter() - start
     start = time.perf_counter()
     stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress)
     timings["index_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    topics = judged_topics(queries, qrels)
-    stages.search(index_dir, run_file, topics, encoder, hits, remove_query=remove_query, threads=threads,
-                  batch_size=batch_size, overwrite=True, progress=progress, say=say)
+    topic_texts = judged_topics(queries, qrels)
+    rule = remove_query if isinstance(remove_query, str) else ("always" if remove_query else "never")
+    dropping, relevant_self = self_hit_rule(rule, topic_texts, qrels)
+    counters = stages.search(index_dir, run_file, topic_texts, encoder, hits, remove_query=dropping,
+                             threads=threads, batch_size=batch_size, overwrite=True, progress=progress, say=say,
+                             device=device, precision=precision, backend=backend)
     timings["search_s"] = time.perf_counter() - start
-    result = evaluate_files(run_file, qrels, warn=say)
+    applied = {"rule": rule, "self_hits_removed": counters.get("self_hits_removed", 0),
+               "judged_relevant_self_pairs": relevant_self,
+               "kept_as_judged_relevant": relevant_self if rule == "auto" else 0}
+    say(f"remove-query {rule}: {applied['self_hits_removed']} hits whose id is the query id removed; "
+        + (f"{relevant_self} (query, query id) pairs judged relevant kept" if rule == "auto" else
+           f"{relevant_self} (query, query id) pairs are judged relevant"))
+    result = evaluate_files(run_file, qrels, warn=say, preset=preset)
     return {"dataset": name, "encoder": label, "split": split, "queries": result["queries"],
-            "metrics": result["metrics"], "postings_per_doc": manifest["postings"]["mean_per_doc"],
+            "metrics": result["metrics"], "preset": result["preset"],
+            "relevance_level": result["relevance_level"], "remove_query": applied,
+            "postings_per_doc": manifest["postings"]["mean_per_doc"],
             "documents": manifest["documents"], "collection": str(collection), "index": str(index_dir),
             "run": str(run_file), "qrels": str(qrels),
             "timings": {k: round(v, 2) for k, v in timings.items()}}

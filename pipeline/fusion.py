@@ -8,9 +8,11 @@ Ranks within a run follow the run's scores (ties by document id); fused ties als
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline import outputs
+from pipeline.errors import ConsistencyError, PipelineError
 from pipeline.readers import read_run
 from pipeline.search import Hit, write_run
 
@@ -47,24 +49,66 @@ def top(fused: dict[str, dict[str, float]], hits: int) -> dict[str, list[Hit]]:
     return {qid: [(doc, scores[doc]) for doc in ranked(scores)[:hits]] for qid, scores in sorted(fused.items())}
 
 
-def fuse(paths: list[Path], method: str = "rrf", k: float = 60, weights: list[float] | None = None,
-         hits: int = 1000) -> dict[str, list[Hit]]:
+def check_options(paths: list[Path], method: str, k: float, weights: list[float] | None, hits: int
+                  ) -> list[float] | None:
+    """Refuse settings that cannot give a meaningful fusion; returns the weights to use."""
     if len(paths) < 2:
         raise PipelineError("fuse needs at least two run files")
     if method not in METHODS:
         raise PipelineError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+    if isinstance(hits, bool) or not isinstance(hits, int) or hits < 1:
+        raise PipelineError(f"--hits must be an integer of at least 1, got {hits!r}")
+    if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 0):
+        raise PipelineError(f"--k must be a positive finite number, got {k!r}")
+    if method == "rrf":
+        if weights is not None:
+            raise PipelineError("--weights applies to --method linear only")
+        return None
+    weights = list(weights) if weights else [1.0 / len(paths)] * len(paths)
+    if len(weights) != len(paths):
+        raise PipelineError(f"--weights: {len(weights)} weights for {len(paths)} runs")
+    if not all(math.isfinite(w) for w in weights) or not any(weights):
+        raise PipelineError(f"--weights must be finite numbers, not all zero, got {weights}")
+    return weights
+
+
+def fuse(paths: list[Path], method: str = "rrf", k: float = 60, weights: list[float] | None = None,
+         hits: int = 1000) -> dict[str, list[Hit]]:
+    weights = check_options(paths, method, k, weights, hits)
     runs = [read_run(Path(path)) for path in paths]
     if method == "rrf":
         return top(reciprocal_rank_fusion(runs, k), hits)
-    weights = weights or [1.0 / len(runs)] * len(runs)
-    if len(weights) != len(runs):
-        raise PipelineError(f"{len(weights)} weights for {len(runs)} runs")
     return top(linear_fusion(runs, weights), hits)
 
 
 def fuse_files(paths: list[Path], output: Path, method: str = "rrf", k: float = 60,
-               weights: list[float] | None = None, hits: int = 1000, tag: str | None = None) -> int:
-    """Fuse run files into ``output`` (TREC format); returns the number of queries."""
-    results = fuse(paths, method, k, weights, hits)
-    write_run(Path(output), results, "trec", tag or f"fused-{method}")
+               weights: list[float] | None = None, hits: int = 1000, tag: str | None = None,
+               overwrite: bool = False, say=outputs.say_stderr) -> int | None:
+    """Fuse run files into ``output`` (TREC format); returns the number of queries (None: kept).
+
+    As with search, an existing output is kept when made from the same runs and settings, refused
+    without ``--overwrite`` otherwise, and never replaced when splade-pipeline did not write it.
+    """
+    output = Path(output)
+    weights = check_options(paths, method, k, weights, hits)
+    for path in paths:
+        if outputs.absolute(path) == outputs.absolute(output):
+            raise PipelineError(f"--output {output} is one of the --runs; give the fused run another name")
+    tag = tag or f"fused-{method}"
+    with outputs.locked(output, "fuse"):
+        state, made = outputs.file_state(output, "--output")
+        inputs = {"runs": [outputs.file_sha256(Path(p)) if Path(p).is_file() else str(p) for p in paths],
+                  "method": method, "k": float(k) if method == "rrf" else None, "weights": weights, "hits": hits,
+                  "tag": tag}
+        if state == "ours" and not overwrite:
+            diff = outputs.differences(made.get("inputs", {}), inputs)
+            if diff:
+                raise ConsistencyError(f"{output} was made from other inputs ({'; '.join(diff)}); "
+                                       "use --overwrite to fuse again")
+            say(f"{output}: exists, fused from the same runs and settings; nothing to do")
+            return None
+        results = fuse(paths, method, k, weights, hits)
+        outputs.writable_parent(output, "--output")
+        with outputs.claimed(output, "fused run", inputs):
+            write_run(output, results, "trec", tag)
     return len(results)

@@ -11,6 +11,7 @@ to the search stage.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import jvm
+from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 
@@ -77,22 +78,72 @@ def run_indexer(source: Path, target: Path, options: list[str], verbose: bool, t
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                errors="replace")
     lines = []
-    with tqdm(total=total, unit="doc", desc="index", disable=not progress, file=sys.stderr) as bar:
-        for line in process.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if verbose:
-                sys.stderr.write(line)
-            done = FILE_DONE.search(line)
-            if done:
-                bar.update(int(done.group(1)))
-    code = process.wait()
+    try:
+        with tqdm(total=total, unit="doc", desc="index", disable=not progress, file=sys.stderr) as bar:
+            for line in process.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                if verbose:
+                    sys.stderr.write(line)
+                done = FILE_DONE.search(line)
+                if done:
+                    bar.update(int(done.group(1)))
+        code = process.wait()
+    finally:  # interrupted (Ctrl-C, SIGTERM): stop the indexer before its folder is removed
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     # A malformed segment makes Anserini skip the rest of that file without counting an error,
     # so any exception or error line fails the stage.
     problems = [line.strip() for line in lines if " ERROR " in line or "Exception" in line]
     if code != 0 or problems:
-        detail = (problems or lines[-1:] or ["no output"])[0]
-        raise PipelineError(f"Anserini IndexCollection failed (exit {code}): {_log_message(detail)[:300]}")
+        detail = _log_message((problems or lines[-1:] or ["no output"])[0])[:300]
+        bad = locate_bad_record(source)
+        if bad is not None:
+            path, number, what = bad
+            raise InputError(path, f"{what}; Anserini IndexCollection failed there: {detail}", number)
+        raise PipelineError(f"Anserini IndexCollection failed (exit {code}) on {source}: {detail}")
     return "".join(lines)
+
+
+def locate_bad_record(source: Path) -> tuple[Path, int, str] | None:
+    """The first line of a JsonVectorCollection that Anserini cannot index, found after it failed:
+    its log names neither file nor line, and checking only on failure costs nothing otherwise."""
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if raw.strip():
+                        problem = _record_problem(raw)
+                        if problem:
+                            return path, number, problem
+        except (OSError, EOFError) as exc:
+            return path, 0, f"cannot read: {exc}"
+    return None
+
+
+def _record_problem(raw: bytes) -> str | None:
+    return _parse_record(raw)[1]
+
+
+def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
+    """A JsonVectorCollection line as a record, or what is wrong with it."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"invalid JSON ({exc})"
+    if not isinstance(record, dict):
+        return None, "expected a JSON object"
+    if not isinstance(record.get("id"), str) or not record["id"].strip():
+        return None, "missing or empty 'id'"
+    vector = record.get("vector")
+    if not isinstance(vector, dict):
+        return None, "missing 'vector' object {token: weight}"
+    for token, weight in vector.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            return None, f"weight of {token!r} in document {record['id']!r} is not a number"
+    return record, None
 
 
 def _log_message(line: str) -> str:
@@ -100,14 +151,29 @@ def _log_message(line: str) -> str:
     return line.split(" - ", 1)[1] if " - " in line else line
 
 
-def count_records(folder: Path) -> int:
-    """Non-blank lines in a JsonVectorCollection made elsewhere: the documents Anserini must see."""
-    total = 0
+def count_records(folder: Path) -> tuple[int, int]:
+    """Documents and empty vectors in a JsonVectorCollection made elsewhere, every record checked.
+
+    Anserini silently counts a record it cannot read as "empty" (a weight that is not a number,
+    say), so each line is validated here and a bad one stops the stage naming its file and line;
+    the empty vectors counted here must then match Anserini's "empty" counter exactly.
+    """
+    total = empty = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as handle:
-            total += sum(1 for line in handle if line.strip())
-    return total
+        try:
+            with opener(path, "rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if not raw.strip():
+                        continue
+                    record, problem = _parse_record(raw)
+                    if problem:
+                        raise InputError(path, problem, number)
+                    total += 1
+                    empty += not any(weight > 0 for weight in record["vector"].values())
+        except (OSError, EOFError) as exc:
+            raise InputError(path, f"cannot read: {exc}") from None
+    return total, empty
 
 
 def lucene_document_count(index: Path) -> int:
@@ -127,20 +193,54 @@ def load_record(index: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+INDEX_ENTRY = re.compile(r"segments(?:_\w+|\.gen)|pending_segments_\w+|write\.lock|_[^/]+"
+                         r"|splade-pipeline\.json|\.splade-pipeline\.json\.\d+\.tmp")
+
+
+def is_index_entry(name: str) -> bool:
+    """Whether a name inside an index folder is Lucene's or our record."""
+    return INDEX_ENTRY.fullmatch(name) is not None
+
+
+def is_our_index(folder: Path) -> bool:
+    """Whether ``folder`` holds our record: the proof that the index stage built it."""
+    try:
+        record = json.loads((Path(folder) / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "counters" in record and "documents" in record
+
+
+def check_index_folder(index: Path) -> bool:
+    """True for an index we built, False for a new or empty folder; anything else is refused."""
+    return outputs.check_folder(index, "--index", "an index", is_index_entry, is_our_index)
+
+
+def _building_pid(name: str) -> int | None:
+    match = re.search(r"\.building-(\d+)$", name)
+    return int(match.group(1)) if match else None
+
+
 def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool = False,
                 overwrite: bool = False, verbose: bool = False, progress: bool = False
                 ) -> tuple[dict[str, Any], bool]:
     """Index ``collection`` into ``index``; returns the index record and whether work was done."""
     collection, index = Path(collection), Path(index)
+    with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
+        return _build_index_locked(collection, index, threads, store_raw, overwrite, verbose, progress)
+
+
+def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: bool, overwrite: bool,
+                        verbose: bool, progress: bool) -> tuple[dict[str, Any], bool]:
     source, manifest = collection_input(collection)
-    existing = load_record(index) if index.is_dir() else None
-    if index.exists() and not overwrite:
-        if existing is None:
-            raise ConsistencyError(f"{index} exists and was not built by splade-pipeline; use --overwrite")
+    if check_index_folder(index) and not overwrite:
+        existing = load_record(index)
         if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
             return existing, False
         raise ConsistencyError(f"{index} was built from another collection; use --overwrite to rebuild it")
-    expected = (manifest["documents"], manifest["empty_documents"]) if manifest else (count_records(source), None)
+    # Anserini skips documents whose vector is empty: empty texts and texts whose weights all rounded to 0
+    expected = ((manifest["documents"], manifest["empty_documents"] + manifest.get("empty_vectors", 0))
+                if manifest else count_records(source))
     extra: dict[str, Any] = {}
     if manifest is not None:
         extra = {key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")}
@@ -154,19 +254,25 @@ def build_lucene_index(source: Path, index: Path, options: list[str], expected: 
                        collection: Path, verbose: bool, extra: dict[str, Any], progress: bool = False
                        ) -> dict[str, Any]:
     """Build into a temporary folder, verify every document is accounted for, then rename into place."""
-    index.parent.mkdir(parents=True, exist_ok=True)
-    temp = index.with_name(f".{index.name}.building-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    try:
-        documents, empty = expected
-        log = run_indexer(source, temp, options, verbose, documents - (empty or 0), progress)
-        record = {**_verify(temp, parse_counters(log), expected, collection), **extra}
-        write_json(temp / RECORD, record)
-        if index.exists():
-            shutil.rmtree(index)
-        os.replace(temp, index)
-    finally:
+    with outputs.locked(index, "index"):
+        target = outputs.absolute(index)
+        check_index_folder(index)  # never replace a folder the index stage did not build
+        outputs.writable_parent(index, "--index")
+        outputs.clean_stale(target.parent, f".{target.name}.building-*", _building_pid)
+        temp = target.with_name(f".{target.name}.building-{os.getpid()}")
         shutil.rmtree(temp, ignore_errors=True)
+        try:
+            documents, empty = expected
+            log = run_indexer(source, temp, options, verbose, documents - (empty or 0), progress)
+            record = {**_verify(temp, parse_counters(log), expected, collection), **extra}
+            write_json(temp / RECORD, record)
+            if check_index_folder(index):
+                outputs.remove_owned(index, is_index_entry)
+            elif target.is_dir():
+                target.rmdir()  # empty
+            os.replace(temp, target)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     return record
 
 

@@ -116,7 +116,8 @@ def start(verbose: bool | None = None):
     if not _started and not jnius_config.vm_running:
         home = java_home()
         os.environ["JAVA_HOME"] = str(home)
-        jnius_config.add_options(*java_options(home, verbose))
+        # -Xrs: the in-process JVM leaves SIGTERM/SIGINT to Python, so the CLI's cleanup still runs
+        jnius_config.add_options(*java_options(home, verbose), "-Xrs")
         jnius_config.add_classpath(str(anserini_jar()))
     import jnius
 

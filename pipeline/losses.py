@@ -1,5 +1,8 @@
 """SPLADE's training losses: a ranking loss plus a sparsity regulariser, composed, not entangled.
 
+These are the formulas; ``pipeline.training.objectives`` trains with them on sentence-transformers
+(its regularisers call ``flops``/``l1``; its ranking losses are checked against these in tests).
+
 * ``in_batch_contrastive`` (SPLADE v1): each query's positive against every other document of the
   batch (positives and hard negatives), softmax cross-entropy over dot products.
 * ``margin_mse`` (SPLADE v2 distillation, Hofstätter et al. 2020): the student's margin

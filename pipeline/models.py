@@ -28,8 +28,75 @@ class ModelRef:
     location: str  # directory or hub id handed to from_pretrained
     fingerprint: str  # sha256 over config and weights, or the hub id where no files are local
 
-    def describe(self) -> dict[str, str]:
-        return {"name": self.name, "location": self.location, "fingerprint": self.fingerprint}
+    def describe(self, backend: str = "torch", precision: str = "fp32") -> dict[str, str]:
+        """What manifests and index records store about the encoder.
+
+        ``fingerprint`` is what stages compare: the checkpoint's own for the exact path (torch,
+        fp32), the checkpoint's plus ``+backend-precision`` otherwise, so that vectors from an int8
+        or half-precision encoder never mix silently with fp32 ones. ``model_fingerprint`` is
+        always the checkpoint's.
+        """
+        return {"name": self.name, "location": self.location,
+                "fingerprint": encoder_fingerprint(self.fingerprint, backend, precision),
+                "model_fingerprint": self.fingerprint, "backend": backend, "precision": precision}
+
+
+def encoder_fingerprint(model_fingerprint: str, backend: str = "torch", precision: str = "fp32") -> str:
+    """The checkpoint's fingerprint, suffixed with the backend and precision unless torch fp32."""
+    if (backend, precision) == ("torch", "fp32"):
+        return model_fingerprint
+    return f"{model_fingerprint}+{backend}-{precision}"
+
+
+def cache_dir(model: ModelRef, key: str) -> Path:
+    """A writable folder for files derived from ``model`` (exported and quantised graphs).
+
+    Beside the checkpoint (``CHECKPOINT/.splade-pipeline/KEY``) when that folder is writable; else
+    (the embedded splade-tiny lives in site-packages, often read-only) in the user cache,
+    ``$XDG_CACHE_HOME/splade-pipeline/FINGERPRINT/KEY`` (``~/.cache`` by default).
+    """
+    import os
+
+    local = Path(model.location)
+    if local.is_dir() and os.access(local, os.W_OK):
+        folder = local / ".splade-pipeline" / f"{model.fingerprint.replace(':', '-')}-{key}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            pass
+    root = Path(os.environ.get("SPLADE_PIPELINE_CACHE") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splade-pipeline")
+    folder = root / model.fingerprint.replace(":", "-") / key
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def load_masked_lm(location: str):
+    """Tokenizer, masked-LM model and its decoder, with the decoder's forward made an identity.
+
+    The model then returns the MLM head's transformed hidden states (dense + activation + layer
+    norm, whatever the architecture calls those layers); the vocabulary projection is done by the
+    caller with ``decoder.weight`` and ``decoder.bias``.
+    """
+    import warnings
+
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        mlm = AutoModelForMaskedLM.from_pretrained(location)
+    decoder = mlm.get_output_embeddings()
+    decoder.forward = _identity
+    return tokenizer, mlm, decoder
+
+
+def _identity(hidden):
+    return hidden
 
 
 def embedded_model_dir() -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,15 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def iter_lines(path: Path, start: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, str]]:
-    """Yield ``(line number, byte offset, text)`` for each non-blank line, decoding UTF-8 strictly."""
+    """Yield ``(line number, byte offset, text)`` for each non-blank line, decoding UTF-8 strictly.
+
+    A UTF-8 byte-order mark at the start of a file (as Windows editors write) is dropped, the same
+    for every reader and format, so it can never become part of a first id. Offsets still count it.
+    """
     path = Path(path)
     with _open(path) as handle:
         if start:
@@ -43,6 +51,8 @@ def iter_lines(path: Path, start: int = 0, first_line: int = 1) -> Iterator[tupl
             for raw in handle:
                 number += 1
                 here, offset = offset, offset + len(raw)
+                if here == 0 and raw.startswith(BOM):
+                    raw = raw[len(BOM):]
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -225,24 +235,47 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def _float32(text: str) -> float:
+    """A run score as trec_eval holds it: C ``atof`` (a double) stored in a 32-bit float.
+
+    The Python float returned is exactly that float32 value, so scores that trec_eval sees as tied
+    are tied here too (e.g. 140998 and 140998 - 1e-6, or 16777217 and 16777216).
+    """
+    import numpy as np
+
+    value = float(text)  # ValueError for non-numbers, as the caller reports
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 def read_run(path: Path) -> dict[str, dict[str, float]]:
-    """A TREC run (6 columns) or MS MARCO run (``qid docid rank``; scored as -rank)."""
+    """A TREC run (6 columns) or MS MARCO run (``qid docid rank``; scored as -rank).
+
+    Scores are read as trec_eval reads them, into 32-bit floats; NaN, infinite scores and scores
+    beyond float32's range are input errors (trec_eval would rank them arbitrarily).
+    """
     path = Path(path)
     run: dict[str, dict[str, float]] = {}
     for number, _, text in iter_lines(path):
         fields = text.split()
-        try:
-            if len(fields) == 6:
-                qid, _, docid, _, score, _ = fields
-                value = float(score)
-            elif len(fields) == 3:
-                qid, docid, rank = fields
+        if len(fields) == 6:
+            qid, _, docid, _, score, _ = fields
+            try:
+                value = _float32(score)
+            except ValueError:
+                raise InputError(path, f"score {score!r} is not a number", number) from None
+            if not math.isfinite(value):
+                raise InputError(path, f"score {score!r} is not a finite 32-bit float (trec_eval reads "
+                                       "scores as float32)", number)
+        elif len(fields) == 3:
+            qid, docid, rank = fields
+            try:
                 value = -float(int(rank))
-            else:
-                raise InputError(path, f"expected a TREC run line 'qid Q0 docid rank score tag' or MS MARCO "
-                                       f"'qid docid rank', got {len(fields)} columns", number)
-        except ValueError:
-            raise InputError(path, "score or rank is not a number", number) from None
+            except ValueError:
+                raise InputError(path, f"rank {rank!r} is not an integer", number) from None
+        else:
+            raise InputError(path, f"expected a TREC run line 'qid Q0 docid rank score tag' or MS MARCO "
+                                   f"'qid docid rank', got {len(fields)} columns", number)
         hits = run.setdefault(qid, {})
         if docid in hits:
             raise InputError(path, f"document {docid!r} appears twice for query {qid!r}", number)

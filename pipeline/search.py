@@ -4,19 +4,29 @@ Queries are encoded with the index's own encoder, pooling, scale and maximum len
 index stage); anything else is refused unless ``--force``. Anserini's ``SimpleImpactSearcher``
 scores ``sum(query weight x document impact)`` over the query's terms, in Java threads.
 
-Scores are integers: integer query weights times integer impacts. Anserini's tie adjuster lowers
-tied scores by 1e-6 per position in float32; rounding restores them exactly. Lucene picks which
-tied documents make the cut-off by internal document number, which depends on indexing order and
-threads; to make run files byte-identical across rebuilds, a query is searched deeper whenever
-ties straddle the cut-off, and hits are ordered by score, then document id. As Anserini does,
-tied scores are then written lowered by 1e-6 per position, so trec_eval keeps the file's order.
+Scores are integers: integer query weights times integer impacts. Lucene returns float32 scores,
+so a score is the exact integer dot product while it stays below 2^24 = 16,777,216; above that it
+is rounded to a float32 (a multiple of 2, 4, ...; tested), so documents whose dot products differ
+by less than that spacing tie, and the rounding may depend on the order Lucene adds the terms.
+SPLADE scores are 10^4 to 10^6 (Anserini's SPLADE++ ED runs on TREC DL top out at 163,577, with
+cached query weights up to about 3,000) and stay well below; the counters report any query whose
+scores reach 2^24. Anserini's tie adjuster lowers tied scores by 1e-6 per position in float32,
+which vanishes at these sizes or is removed by rounding.
+
+Hits are ordered as trec_eval orders them: score (as float32) descending, then document id
+descending. The run file then lists hits in the order trec_eval evaluates them, with exact integer
+scores and nothing to keep apart by tiny offsets (a 1e-6 offset vanishes in float32 at 10^4-10^6).
+Lucene picks which tied documents make the cut-off by internal document number, which depends on
+indexing order and threads; to make run files byte-identical across rebuilds, a query is searched
+deeper while ties straddle the cut-off, up to ``hits + TIE_DEPTH_LIMIT`` hits; a tie group larger
+than that is broken among the fetched hits and counted (``ties_capped``).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from pipeline import jvm
 from pipeline.collection import write_atomic
@@ -26,6 +36,8 @@ from pipeline.index import load_record
 Hit = tuple[str, float]
 FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
+TIE_DEPTH_LIMIT = 10_000  # at most this many hits beyond the cut-off are fetched to settle ties
+FLOAT32_EXACT = 2 ** 24  # integers up to here are exact float32 values
 
 
 def java_hits(found) -> dict[str, list[Hit]]:
@@ -58,6 +70,7 @@ class ImpactSearcher:
         self._map = jvm.autoclass("java.util.HashMap")
         self._int = jvm.autoclass("java.lang.Integer")
         self.documents = int(self._searcher.get_total_num_docs())
+        self.counters: dict[str, Any] = {}
 
     def _query(self, terms: dict[str, int]):
         query = self._map()
@@ -72,28 +85,46 @@ class ImpactSearcher:
                 for qid, hits in java_hits(found).items()}
 
     def search(self, queries: dict[str, dict[str, int]], hits: int, threads: int = 1,
-               remove_query: bool = False) -> dict[str, list[Hit]]:
-        """Top ``hits`` per query, ordered by score then document id, deterministic under ties."""
-        need = hits + (1 if remove_query else 0)
-        depth = min(need + EXTRA_DEPTH, max(self.documents, 1))
+               remove_query: bool | Collection[str] = False) -> dict[str, list[Hit]]:
+        """Top ``hits`` per query in trec_eval's order (score, then document id, descending).
+
+        ``remove_query``: ``True`` drops each query's own id from its hits (BEIR), a collection of
+        query ids does so only for those queries. ``self.counters`` says what happened: self hits
+        removed, queries whose tie at the cut-off outgrew the depth limit, queries with scores that
+        reached 2^24 (no longer exact in float32).
+        """
+        dropping = self_hit_queries(remove_query, queries)
+        need = {qid: hits + (qid in dropping) for qid in queries}
+        limit = min(hits + 1 + TIE_DEPTH_LIMIT, max(self.documents, 1))
+        depth = min(hits + 1 + EXTRA_DEPTH, limit)
         searchable = {qid: terms for qid, terms in queries.items() if terms}
         results = self._batch(searchable, depth, threads) if searchable else {}
+        capped: set[str] = set()
         while True:
             # A query is settled when it returned fewer hits than asked, or its last kept score beats
             # the deepest fetched one: no unseen document can tie with what we keep.
             unsettled = {qid for qid, found in results.items()
                          if len(found) >= depth and depth < self.documents
-                         and found[min(need, len(found)) - 1][1] == found[-1][1]}
+                         and found[min(need[qid], len(found)) - 1][1] == found[-1][1]}
+            if unsettled and depth >= limit:
+                capped = unsettled
+                break
             if not unsettled:
                 break
-            depth = min(depth * 2, self.documents)
+            depth = min(depth * 2, limit)
             results.update(self._batch({qid: searchable[qid] for qid in unsettled}, depth, threads))
-        ranked = {}
+        ranked, removed = {}, 0
         for qid in queries:
-            found = sorted(results.get(qid, []), key=lambda hit: (-hit[1], hit[0]))
-            if remove_query:
-                found = [hit for hit in found if hit[0] != qid]
+            found = trec_eval_order(results.get(qid, []))
+            if qid in dropping:
+                kept = [hit for hit in found if hit[0] != qid]
+                removed += len(kept) < len(found)
+                found = kept
             ranked[qid] = found[:hits]
+        self.counters = {"self_hits_removed": removed, "ties_capped": len(capped),
+                         "ties_capped_queries": sorted(capped)[:10],
+                         "scores_beyond_2^24": sum(1 for found in results.values()
+                                                   if found and found[0][1] >= FLOAT32_EXACT)}
         return ranked
 
     def raw(self, docid: str) -> str | None:
@@ -104,21 +135,36 @@ class ImpactSearcher:
         self._searcher.close()
 
 
-TIE_STEP = 1e-6
+def self_hit_queries(remove_query: bool | Collection[str], queries: Iterable[str]) -> set[str]:
+    """The queries whose own id is dropped from their hits."""
+    if isinstance(remove_query, bool):
+        return set(queries) if remove_query else set()
+    return set(remove_query)
+
+
+def trec_eval_order(hits: Iterable[Hit]) -> list[Hit]:
+    """Score (as float32, as trec_eval reads it) descending, then document id descending."""
+    import numpy as np
+
+    hits = list(hits)
+    scores = np.asarray([score for _, score in hits], dtype=np.float64).astype(np.float32).tolist()
+    order = sorted(range(len(hits)), key=lambda i: (scores[i], hits[i][0]), reverse=True)
+    return [hits[i] for i in order]
 
 
 def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "splade") -> bytes:
-    """TREC ``qid Q0 docid rank score tag`` or MS MARCO ``qid<TAB>docid<TAB>rank`` lines."""
+    """TREC ``qid Q0 docid rank score tag`` or MS MARCO ``qid<TAB>docid<TAB>rank`` lines.
+
+    Hits are written in trec_eval's order with their scores unchanged, so trec_eval (which reads
+    scores as float32 and breaks ties by document id descending) evaluates the file's order.
+    """
     lines = []
     for qid, hits in results.items():
-        previous, tied = None, 0
-        for rank, (docid, score) in enumerate(hits, start=1):
+        for rank, (docid, score) in enumerate(trec_eval_order(hits), start=1):
             if fmt == "msmarco":
                 lines.append(f"{qid}\t{docid}\t{rank}\n")
-                continue
-            tied = tied + 1 if score == previous else 0
-            previous = score
-            lines.append(f"{qid} Q0 {docid} {rank} {score - tied * TIE_STEP:.6f} {tag}\n")
+            else:
+                lines.append(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
     return "".join(lines).encode()
 
 
@@ -156,7 +202,8 @@ def write_run(path: Path, results: dict[str, list[Hit]], fmt: str, tag: str) -> 
 
 
 def run_search(index: Path, queries: dict[str, dict[str, int]], output: Path, hits: int = 1000,
-               threads: int = 1, remove_query: bool = False, fmt: str = "trec", tag: str = "splade",
+               threads: int = 1, remove_query: bool | Collection[str] = False, fmt: str = "trec",
+               tag: str = "splade",
                ) -> dict[str, Any]:
     """Search and write the run; returns counters (every query accounted for)."""
     searcher = ImpactSearcher(index)
@@ -167,7 +214,7 @@ def run_search(index: Path, queries: dict[str, dict[str, int]], output: Path, hi
     write_run(output, results, fmt, tag)
     return {"queries": len(queries), "without_terms": sum(1 for t in queries.values() if not t),
             "without_hits": sum(1 for r in results.values() if not r),
-            "hits": sum(len(r) for r in results.values()), "output": str(output)}
+            "hits": sum(len(r) for r in results.values()), **searcher.counters, "output": str(output)}
 
 
 def default_run_name(collection: str, model: str, topics: str) -> str:

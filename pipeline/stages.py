@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import models
+from pipeline import backends, models, outputs
 from pipeline.collection import DEFAULT_SHARD_SIZE, EncodeSettings, encode_corpus
 from pipeline.encoder import POOLINGS, SpladeEncoder, default_threads
-from pipeline.errors import InputError, PipelineError
-from pipeline.index import build_index
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.index import RECORD, build_index
 from pipeline.readers import read_encoded_queries, read_topics
-from pipeline.search import (check_settings, encode_queries, index_record, require_index, restrict,
+from pipeline.search import (FORMATS, check_settings, encode_queries, index_record, require_index, restrict,
                              run_search)
 
 Say = Callable[[str], Any]
@@ -43,9 +43,11 @@ def _check_max_length(model: models.ModelRef, max_length: int) -> None:
         raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports ({limit} positions)")
 
 
-def load_encoder(model: models.ModelRef, pooling: str, max_length: int, threads: int | None) -> SpladeEncoder:
+def load_encoder(model: models.ModelRef, pooling: str, max_length: int, threads: int | None,
+                 device: str | None = None, precision: str | None = None, backend: str = "torch"
+                 ) -> SpladeEncoder:
     _check_max_length(model, max_length)
-    encoder = SpladeEncoder(model, pooling, max_length, threads)
+    encoder = SpladeEncoder(model, pooling, max_length, threads, device, precision, backend)
     if encoder.max_length < max_length:  # the tokenizer may allow less than the positions
         raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports "
                             f"({encoder.max_length} tokens)")
@@ -55,20 +57,40 @@ def load_encoder(model: models.ModelRef, pooling: str, max_length: int, threads:
 def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: int = 32,
            max_length: int = 512, pooling: str = "max", scale: float = 100, threads: int | None = None,
            shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, progress: bool = True,
-           say: Say = stderr) -> dict[str, Any]:
-    """Corpus to JsonVectorCollection shards plus manifest.json."""
+           say: Say = stderr, device: str | None = None, precision: str | None = None,
+           backend: str = "torch", ray: str | None = None, ray_workers: int | None = None) -> dict[str, Any]:
+    """Corpus to JsonVectorCollection shards plus manifest.json.
+
+    ``ray``: encode the shards on Ray workers (``"local"`` starts a runtime here, else a cluster
+    address); ``threads`` is then per worker (default 1), ``ray_workers`` the pool size.
+    """
     _check_options(pooling, scale, max_length, batch_size)
+    if ray_workers is not None and ray is None:
+        raise PipelineError("--ray-workers needs --ray")
+    if ray is None:  # on Ray, the device is the workers' (the driver may have no GPU)
+        backends.placement(backend, device, precision)  # an absent device fails before any work
     if shard_size < 1:
         raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
     model = models.resolve(encoder)
     _check_max_length(model, max_length)
-    settings = EncodeSettings(model.describe(), pooling, scale, max_length, batch_size, shard_size)
+    settings = EncodeSettings(model.describe(backend, backends.precision_of(backend, precision)), pooling, scale,
+                              max_length, batch_size, shard_size)
+    run_shards = None
+    if ray is not None:
+        from pipeline import distributed
+
+        on_worker = "cuda" if distributed.uses_gpu(device) else device  # Ray gives each worker its own GPU
+        run_shards = distributed.runner(
+            model, lambda here: load_encoder(here, pooling, max_length, threads or 1, on_worker, precision, backend),
+            distributed.RayOptions(ray, ray_workers, threads or 1, device or "cpu"))
     manifest, worked = encode_corpus(Path(corpus), Path(output),
-                                     lambda: load_encoder(model, pooling, max_length, threads),
-                                     settings, overwrite, progress)
+                                     lambda: load_encoder(model, pooling, max_length, threads, device, precision,
+                                                          backend),
+                                     settings, overwrite, progress, run_shards)
     postings = manifest["postings"]
     verb = "encoded" if worked else "already encoded (use --overwrite to redo)"
-    say(f"{output}: {verb}: {manifest['documents']:,} documents ({manifest['empty_documents']:,} empty) "
+    say(f"{output}: {verb}: {manifest['documents']:,} documents ({manifest['empty_documents']:,} empty"
+        f"{_emptied(manifest)}) "
         f"in {len(manifest['shards'])} shard(s); postings per document: mean {postings['mean_per_doc']}, "
         f"max {postings['max_per_doc']}")
     return manifest
@@ -92,40 +114,105 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
            batch_size: int = 32, encoded_queries: Path | None = None, scale: float | None = None,
            pooling: str | None = None, max_length: int | None = None, force: bool = False,
            overwrite: bool = False, tag: str = "splade", progress: bool = True,
-           say: Say = stderr) -> dict[str, Any]:
-    """Topics (a file, or ``{qid: text}``), or pre-encoded queries, to a run file."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        say(f"{output}: exists; nothing to do (use --overwrite to search again)")
-        return {"output": str(output), "skipped": True}
+           say: Say = stderr, device: str | None = None, precision: str | None = None,
+           backend: str | None = None) -> dict[str, Any]:
+    """Topics (a file, or ``{qid: text}``), or pre-encoded queries, to a run file.
+
+    An existing run is kept only when the record beside it (``.FILE.splade-pipeline.json``) shows
+    it was made from the same index, queries and settings; other inputs are refused without
+    ``--overwrite``, and a file splade-pipeline did not write is never replaced.
+    """
+    output, index_dir = Path(output), Path(index_dir)
     if hits < 1:
         raise PipelineError(f"--hits must be at least 1, got {hits}")
-    threads = threads or default_threads()
-    require_index(Path(index_dir))
-    record = index_record(Path(index_dir))
-    if encoded_queries is not None:
-        queries = read_encoded_queries(Path(encoded_queries))
-        if topics is not None:
-            queries = restrict(queries, _topics(topics), Path(encoded_queries))
-    else:
-        if topics is None:
-            raise PipelineError("search needs --topics (or --encoded-queries)")
-        topic_texts = _topics(topics)
-        recorded = record or {}
-        model = models.resolve(encoder) if encoder else _index_model(recorded)
-        pooling = pooling or recorded.get("pooling", "max")
-        scale = scale if scale is not None else recorded.get("scale", 100)
-        max_length = max_length or recorded.get("max_length", 512)
-        check_settings(record, {"encoder": model.fingerprint, "pooling": pooling, "scale": scale,
-                                "max_length": max_length}, force, Path(index_dir))
-        _check_options(pooling, scale, max_length, batch_size)
-        query_encoder = load_encoder(model, pooling, max_length, threads)
-        queries = encode_queries(query_encoder, topic_texts, scale, batch_size, progress)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    counters = run_search(Path(index_dir), queries, output, hits, threads, remove_query, fmt, tag)
+    if fmt not in FORMATS:
+        raise PipelineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if topics is None and encoded_queries is None:
+        raise PipelineError("search needs --topics (or --encoded-queries)")
+    with outputs.locked(output, "search"):
+        state, made = outputs.file_state(output, "--output")
+        threads = threads or default_threads()
+        require_index(index_dir)
+        record = index_record(index_dir)
+        inputs: dict[str, Any] = {"index": index_identity(index_dir), "hits": hits, "remove_query": remove_query,
+                                  "format": fmt, "tag": tag if fmt == "trec" else None}
+        if encoded_queries is not None:
+            inputs.update(encoded_queries=outputs.file_sha256(Path(encoded_queries))
+                          if Path(encoded_queries).is_file() else str(encoded_queries),
+                          topics=_topics_identity(topics) if topics is not None else None)
+        else:
+            recorded = record or {}
+            if encoder is None and "encoder" not in recorded:
+                raise PipelineError(f"{index_dir} does not record the encoder its documents were encoded with "
+                                    "(it was not built from a splade-pipeline collection); name the query "
+                                    "encoder with --encoder, or give --encoded-queries")
+            model = models.resolve(encoder) if encoder else _index_model(recorded)
+            pooling = pooling or recorded.get("pooling", "max")
+            scale = scale if scale is not None else recorded.get("scale", 100)
+            max_length = max_length or recorded.get("max_length", 512)
+            _check_options(pooling, scale, max_length, batch_size)
+            backend, precision = _query_backend(recorded, backend, precision)
+            backends.placement(backend, device, precision)
+            fingerprint = models.encoder_fingerprint(model.fingerprint, backend,
+                                                     backends.precision_of(backend, precision))
+            inputs.update(topics=_topics_identity(topics), encoder=fingerprint, pooling=pooling,
+                          scale=scale, max_length=max_length)
+        if state == "ours":
+            diff = outputs.differences(made.get("inputs", {}), inputs)
+            if not diff and not overwrite:
+                say(f"{output}: exists, made from the same index, queries and settings; nothing to do "
+                    "(use --overwrite to search again)")
+                return {"output": str(output), "skipped": True}
+            if diff and not overwrite:
+                raise ConsistencyError(f"{output} was made from other inputs ({'; '.join(diff)}); "
+                                       "use --overwrite to search again")
+        if encoded_queries is not None:
+            queries = read_encoded_queries(Path(encoded_queries))
+            if topics is not None:
+                queries = restrict(queries, _topics(topics), Path(encoded_queries))
+        else:
+            topic_texts = _topics(topics)
+            check_settings(record, {"encoder": fingerprint, "pooling": pooling, "scale": scale,
+                                    "max_length": max_length}, force, index_dir)
+            query_encoder = load_encoder(model, pooling, max_length, threads, device, precision, backend)
+            queries = encode_queries(query_encoder, topic_texts, scale, batch_size, progress)
+        outputs.writable_parent(output, "--output")
+        with outputs.claimed(output, "run", inputs):
+            counters = run_search(index_dir, queries, output, hits, threads, remove_query, fmt, tag)
     say(f"{output}: {counters['queries']:,} queries searched, {counters['hits']:,} hits; "
         f"{counters['without_terms']} without terms, {counters['without_hits']} without hits")
+    if counters.get("ties_capped"):
+        say(f"note: {counters['ties_capped']} queries tie at the cut-off beyond the depth limit (e.g. "
+            f"{', '.join(counters['ties_capped_queries'][:3])}); ties broken by document id among the hits fetched")
+    if counters.get("scores_beyond_2^24"):
+        say(f"note: {counters['scores_beyond_2^24']} queries have scores of 2^24 or more, where Lucene's float32 "
+            "scores are no longer exact integers (neighbouring dot products may tie)")
     return counters
+
+
+def _emptied(manifest: dict[str, Any]) -> str:
+    """Documents with text whose every weight rounded to 0 (kept, and skipped by Anserini as empty)."""
+    count = manifest.get("empty_vectors", 0)
+    return f", {count:,} more with every weight rounded to 0 at this --scale" if count else ""
+
+
+def _topics_identity(topics: Path | dict[str, str]) -> str:
+    """What the queries were: the topics file's content digest, or that of the given ``{qid: text}``."""
+    if isinstance(topics, dict):
+        return "sha256:" + outputs.value_sha256(topics)
+    path = Path(topics)
+    if not path.is_file():
+        raise InputError(path, "no such file" if not path.exists() else "is not a file")
+    return "sha256:" + outputs.file_sha256(path)
+
+
+def index_identity(index_dir: Path) -> str:
+    """What an index is: our record's digest, or (an index built elsewhere) its Lucene commit's."""
+    record = Path(index_dir) / RECORD
+    if record.is_file():
+        return "record sha256:" + outputs.file_sha256(record)
+    commits = sorted(Path(index_dir).glob("segments_*"))
+    return f"{commits[-1].name} sha256:" + outputs.file_sha256(commits[-1]) if commits else str(index_dir)
 
 
 def _topics(topics: Path | dict[str, str]) -> dict[str, str]:
@@ -141,9 +228,20 @@ def _index_model(record: dict[str, Any]) -> models.ModelRef:
         model = models.resolve(recorded["name"])
     except PipelineError:
         model = None
-    if model is None or model.fingerprint != recorded["fingerprint"]:
+    if model is None or model.fingerprint != recorded.get("model_fingerprint", recorded["fingerprint"]):
         model = models.resolve(recorded["location"])
     return model
+
+
+def _query_backend(recorded: dict[str, Any], backend: str | None, precision: str | None
+                   ) -> tuple[str, str | None]:
+    """Backend and precision for query encoding: as given, else the index's (torch fp32 for old records)."""
+    encoder = recorded.get("encoder") or {}
+    indexed = encoder.get("backend", "torch")
+    backend = backend or indexed
+    if precision is None and backend == indexed == "torch":
+        precision = encoder.get("precision", "fp32")
+    return backend, precision
 
 
 def require_file(path: Path, what: str) -> Path:

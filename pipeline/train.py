@@ -1,16 +1,19 @@
 """The train command: fine-tune a SPLADE model on (query, positive, negative) triples, as in the papers.
 
 Triples come from a JSONL file, or are mined from queries + qrels + a corpus (BM25 hard negatives
-through Anserini, or random ones). The loss is a ranking loss (in-batch contrastive, or margin-MSE
-against teacher scores) plus FLOPS or L1 regularisation of queries and documents with separate
-lambdas, each raised quadratically over the first steps. The output is a Hugging Face checkpoint
-folder that ``encode`` and ``search`` take as ``--encoder``.
+through Anserini, or random ones). Training runs on sentence-transformers' ``SparseEncoderTrainer``
+(the Hugging Face Trainer: ``--device``, ``--precision``, gradient accumulation, DDP under
+``torchrun``, checkpoints it resumes from). The loss is ``SpladeLoss``: a ranking loss (in-batch
+contrastive, or margin-MSE against teacher scores) plus FLOPS or L1 regularisation of queries and
+documents with separate lambdas, each raised quadratically over the first steps
+(``pipeline.training.objectives``). The model is the masked-LM with the tiled max pooling that
+encoding uses (``pipeline.training.modules``), so training never holds a batch x length x
+vocabulary tensor and a trained checkpoint encodes as the trainer scored it.
 
-Max pooling trains through ``MaxProjection``: the forward pass is the encoder's tiled running max
-(no batch x length x vocabulary tensor), and the backward pass sends each term's gradient to the
-token that won its max, which is exactly what autograd does for ``max`` but touches only the terms
-with a non-zero gradient. A run saves a checkpoint every ``--save-steps`` and at the end, and
-resumes from it when started again with the same output folder.
+The output folder is a Hugging Face masked-LM checkpoint with its tokenizer, which ``encode`` and
+``search`` take as ``--encoder`` (and sentence-transformers' ``SparseEncoder`` loads too), plus
+``training.json`` and ``train_log.jsonl``. A run saves a checkpoint every ``--save-steps`` under
+``checkpoint/`` and resumes from the last one when started again with the same output folder.
 """
 
 from __future__ import annotations
@@ -18,19 +21,15 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
+import re
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import torch
-
-from pipeline import losses, models
+from pipeline import losses, models, outputs
 from pipeline.collection import write_json
-from pipeline.encoder import default_threads, load_masked_lm
-from pipeline.projection import MaxProjection, max_pool_trainable  # noqa: F401
+from pipeline.encoder import default_threads
 from pipeline.errors import InputError, PipelineError
 from pipeline.readers import iter_lines, read_corpus, read_qrels, read_topics
 
@@ -55,12 +54,13 @@ class TrainSettings:
     lambda_warmup_steps: int = 100
     learning_rate: float = 3e-5
     warmup_steps: int = 20
-    batch_size: int = 16
+    batch_size: int = 16  # triples per forward pass (per device)
     epochs: float = 1.0
     max_steps: int | None = None
     query_max_length: int = 64
     doc_max_length: int = 256
     seed: int = 13
+    gradient_accumulation_steps: int = 1  # batches per optimiser step
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -119,171 +119,144 @@ def mine_triples(queries: Path, qrels: Path, corpus: Path, negatives: str = "bm2
     return triples
 
 
-# -- the differentiable encoder ----------------------------------------------------------------
+# -- the run ----------------------------------------------------------------------------------
 
-class TrainableSplade(torch.nn.Module):
-    """A masked-LM checkpoint whose output is SPLADE weights, trainable end to end."""
-
-    def __init__(self, location: str, pooling: str = "max"):
-        super().__init__()
-        self.tokenizer, self.mlm, self.decoder = load_masked_lm(location)
-        self.pooling = pooling
-
-    def forward(self, texts: list[str], max_length: int) -> torch.Tensor:
-        batch = self.tokenizer(texts, max_length=max_length, truncation=True, padding="longest",
-                               return_tensors="pt", return_token_type_ids=False)
-        hidden = self.mlm(**batch).logits  # (batch x length x hidden): transformed states
-        mask = batch["attention_mask"].bool()
-        bias = self.decoder.bias
-        if self.pooling == "max":
-            return max_pool_trainable(hidden[mask], mask.sum(1).tolist(), self.decoder.weight, bias)
-        logits = hidden @ self.decoder.weight.T + bias
-        return (torch.log1p(torch.relu(logits)) * mask.unsqueeze(-1)).sum(1)
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.mlm.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+TRAINING_ENTRY = re.compile(  # what train writes into --output: the checkpoint files, its log and records
+    r"(?:config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|training)\.json"
+    r"|model(?:-\d+-of-\d+)?\.safetensors(?:\.index\.json)?|pytorch_model[^/]*\.bin|vocab\.txt"
+    r"|(?:modules|config_sentence_transformers|sentence_bert_config|processor_config)\.json"
+    r"|\d+_[A-Za-z]+/(?:config\.json)?"
+    r"|train_log\.jsonl|checkpoint(?:\.tmp)?/(?:.*)?|\.[^/]+\.\d+\.tmp")
 
 
-# -- the loop ----------------------------------------------------------------------------------
-
-def batches(triples: list[Triple], settings: TrainSettings, total_steps: int) -> Iterator[list[Triple]]:
-    """Shuffled batches, epoch after epoch, the same order for the same seed (so a resume matches)."""
-    step, epoch = 0, 0
-    while step < total_steps:
-        order = list(range(len(triples)))
-        random.Random(settings.seed + epoch).shuffle(order)
-        for lo in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-            if step >= total_steps:
-                return
-            yield [triples[i] for i in order[lo:lo + settings.batch_size]]
-            step += 1
-        epoch += 1
+def _is_training_output(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("training.json", "train_log.jsonl", "checkpoint/state.json"))
 
 
-def step_loss(model: TrainableSplade, batch: list[Triple], settings: TrainSettings, step: int):
-    queries = model([t.query for t in batch], settings.query_max_length)
-    positives = model([t.positive for t in batch], settings.doc_max_length)
-    negatives = model([t.negative for t in batch], settings.doc_max_length)
-    if settings.loss == "margin-mse":
-        if any(t.teacher is None for t in batch):
-            raise PipelineError("margin-mse needs teacher scores in every triple ('scores' in the JSONL)")
-        teacher = torch.tensor([t.teacher for t in batch], dtype=queries.dtype)
-        ranking = losses.margin_mse(queries, positives, negatives, teacher[:, 0], teacher[:, 1])
-    else:
-        ranking = losses.in_batch_contrastive(queries, positives, negatives)
-    regulariser = losses.REGULARISERS[settings.regulariser]
-    documents = torch.cat([positives, negatives])
-    reg_q, reg_d = regulariser(queries), regulariser(documents)
-    lam_q = losses.quadratic_warmup(settings.lambda_q, step, settings.lambda_warmup_steps)
-    lam_d = losses.quadratic_warmup(settings.lambda_d, step, settings.lambda_warmup_steps)
-    total = ranking + lam_q * reg_q + lam_d * reg_d
-    stats = {"loss": total.item(), "ranking": ranking.item(), "reg_q": reg_q.item(), "reg_d": reg_d.item(),
-             "postings_q": (queries > 0).sum(1).float().mean().item(),
-             "postings_d": (documents > 0).sum(1).float().mean().item()}
-    return total, stats
+def total_steps(triples: int, settings: TrainSettings) -> int:
+    """Optimiser steps of the run: ``--max-steps``, else ``--epochs`` over full batches."""
+    per_step = settings.batch_size * settings.gradient_accumulation_steps
+    steps_per_epoch = triples // per_step
+    if steps_per_epoch == 0:
+        raise PipelineError(f"{triples} triples do not fill one step of {settings.batch_size} x "
+                            f"{settings.gradient_accumulation_steps} (batch size x gradient accumulation)")
+    return settings.max_steps or math.ceil(settings.epochs * steps_per_epoch)
 
 
-def learning_rate(settings: TrainSettings, step: int, total_steps: int) -> float:
-    """Linear warm-up, then linear decay to zero."""
-    if step < settings.warmup_steps:
-        return settings.learning_rate * (step + 1) / settings.warmup_steps
-    remaining = max(1, total_steps - settings.warmup_steps)
-    return settings.learning_rate * max(0.0, 1 - (step - settings.warmup_steps) / remaining)
+def as_dataset(triples: list[Triple], loss: str):
+    """Columns in the order the losses read them: query, positive, negative[, label]."""
+    from datasets import Dataset
+
+    columns: dict[str, list] = {"query": [t.query for t in triples], "positive": [t.positive for t in triples],
+                                "negative": [t.negative for t in triples]}
+    if loss == "margin-mse":
+        missing = next((i for i, t in enumerate(triples) if t.teacher is None), None)
+        if missing is not None:
+            raise PipelineError(f"margin-mse needs teacher scores in every triple ('scores' in the JSONL); "
+                                f"triple {missing + 1} has none")
+        columns["label"] = [list(t.teacher) for t in triples]  # type: ignore[arg-type]
+    return Dataset.from_dict(columns)
 
 
+@outputs.locking("output", "train")
 def train(triples: list[Triple], output: Path, encoder: str | None = None, settings: TrainSettings | None = None,
           threads: int | None = None, save_steps: int = 50, max_minutes: float | None = None,
-          overwrite: bool = False, progress: bool = True, say=lambda text: print(text, file=sys.stderr)
-          ) -> dict[str, Any]:
+          overwrite: bool = False, progress: bool = True, say=lambda text: print(text, file=sys.stderr),
+          device: str | None = "cpu", precision: str | None = None) -> dict[str, Any]:
     """Fine-tune and write a checkpoint folder; resumes from ``output/checkpoint`` when present."""
-    from tqdm import tqdm
+    from pipeline import devices
 
     settings = settings or TrainSettings()
     output = Path(output)
     if settings.loss not in ("contrastive", "margin-mse") or settings.regulariser not in losses.REGULARISERS:
         raise PipelineError(f"unknown loss {settings.loss!r} or regulariser {settings.regulariser!r}")
-    if overwrite and output.exists():
-        shutil.rmtree(output)
+    placement = devices.resolve(device, precision)
+    ours = outputs.check_folder(output, "--output", "a trained model", TRAINING_ENTRY.fullmatch, _is_training_output)
+    if overwrite and ours:  # only what train wrote: check_folder refused anything else
+        outputs.remove_owned(output, TRAINING_ENTRY.fullmatch)
     if (output / "training.json").is_file():
         say(f"{output}: already trained (training.json); use --overwrite to train again")
         return json.loads((output / "training.json").read_text())
-    torch.set_num_threads(threads or default_threads())
-    torch.manual_seed(settings.seed)
-    steps_per_epoch = len(triples) // settings.batch_size
-    if steps_per_epoch == 0:
-        raise PipelineError(f"{len(triples)} triples do not fill one batch of {settings.batch_size}")
-    total_steps = settings.max_steps or math.ceil(settings.epochs * steps_per_epoch)
-
+    steps = total_steps(len(triples), settings)
+    dataset = as_dataset(triples, settings.loss)
     base = models.resolve(encoder)
     checkpoint = output / CHECKPOINT
-    state = _load_state(checkpoint, settings, base)
-    model = TrainableSplade(str(checkpoint / "model") if state else base.location, settings.pooling)
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
-    step = 0
-    if state:
-        optimiser.load_state_dict(torch.load(checkpoint / "optimiser.pt", weights_only=True))
-        step = state["step"]
-        say(f"{output}: resuming from step {step} of {total_steps}")
-        torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+    resume = _check_state(checkpoint, settings, base)
+
+    import torch
+
+    torch.set_num_threads(threads or default_threads())
+    from pipeline.training import callbacks, modules, objectives
+
+    model = modules.splade_model(base.location, settings.pooling, settings.query_max_length,
+                                 settings.doc_max_length)
+    loss = objectives.splade_loss(model, settings.loss, settings.regulariser, settings.lambda_q, settings.lambda_d)
+    log = callbacks.TrainLog(output / "train_log.jsonl", loss.query_regularizer, loss.document_regularizer,
+                             progress)
+    deadline = callbacks.Deadline(max_minutes) if max_minutes is not None else None
+    trainer = _trainer(model, loss, dataset, settings, steps, save_steps, checkpoint, placement,
+                       [objectives.RegulariserWarmup(loss, settings.lambda_warmup_steps), log,
+                        *([deadline] if deadline else [])])
     output.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
-    stats: dict[str, float] = {}
-    with open(output / "train_log.jsonl", "a") as log, \
-            tqdm(total=total_steps, initial=step, unit="step", desc="train", disable=not progress,
-                 file=sys.stderr) as bar:
-        for batch in _skip(batches(triples, settings, total_steps), step):
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(settings, step, total_steps)
-            loss, stats = step_loss(model, batch, settings, step)
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            step += 1
-            log.write(json.dumps({"step": step, **{k: round(v, 5) for k, v in stats.items()}}) + "\n")
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", q=f"{stats['postings_q']:.0f}", d=f"{stats['postings_d']:.0f}")
-            bar.update(1)
-            if step % save_steps == 0 or step == total_steps or (deadline is not None and time.monotonic() > deadline):
-                _save_state(checkpoint, model, optimiser, settings, base, step)
-                log.flush()
-            if deadline is not None and time.monotonic() > deadline:
-                break
-    if step < total_steps:
-        say(f"{output}: stopped at step {step} of {total_steps} (--max-minutes); run again to continue")
-        return {"step": step, "total_steps": total_steps, "finished": False}
-    model.save(output)
+    if resume is None:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        write_json(checkpoint / "state.json", {"settings": asdict(settings), "base": base.fingerprint})
+        log.truncate(0)
+    else:
+        say(f"{output}: resuming from step {resume[1]} of {steps}")
+        log.truncate(resume[1])
+    trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    step = trainer.state.global_step
+    if step < steps:
+        say(f"{output}: stopped at step {step} of {steps} (--max-minutes); run again to continue")
+        return {"step": step, "total_steps": steps, "finished": False}
+    modules.save_plain(model, str(output))
     summary = {"base_encoder": base.describe(), "settings": asdict(settings), "triples": len(triples),
-               "steps": step, "final": {k: round(v, 5) for k, v in stats.items()}, "finished": True}
+               "steps": step, "device": placement.describe(), "final": log.last, "finished": True}
     write_json(output / "training.json", summary)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    outputs.remove_owned(checkpoint, lambda name: True)
     return summary
 
 
-def _skip(iterator: Iterator, count: int) -> Iterator:
-    for _ in range(count):
-        next(iterator, None)
-    return iterator
+def _trainer(model, loss, dataset, settings: TrainSettings, steps: int, save_steps: int, checkpoint: Path,
+             placement, extra_callbacks: list):
+    """The SparseEncoderTrainer with this project's schedule: AdamW, linear warm-up and decay, clipping at 1."""
+    import torch
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+    from sentence_transformers.sparse_encoder.model_card import SparseEncoderModelCardCallback
+    from transformers import PrinterCallback, ProgressCallback
+
+    if placement.kind == "cuda" and placement.device.index is not None:
+        torch.cuda.set_device(placement.device)  # the Trainer runs on the current CUDA device
+    args = SparseEncoderTrainingArguments(
+        output_dir=str(checkpoint), max_steps=steps, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=settings.learning_rate,
+        weight_decay=0.01, warmup_steps=settings.warmup_steps, lr_scheduler_type="linear", max_grad_norm=1.0,
+        seed=settings.seed, data_seed=settings.seed, logging_steps=1, save_strategy="steps", save_steps=save_steps,
+        save_total_limit=1, report_to="none", use_cpu=placement.kind == "cpu",
+        fp16=placement.precision == "fp16", bf16=placement.precision == "bf16", dataloader_drop_last=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if settings.loss == "contrastive" else BatchSamplers.BATCH_SAMPLER,
+        router_mapping={"query": "query", "positive": "document", "negative": "document"},
+        disable_tqdm=True)
+    trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                   callbacks=extra_callbacks)
+    # TrainLog shows progress and writes the log; no model card (it encodes examples at every save)
+    for quiet in (PrinterCallback, ProgressCallback, SparseEncoderModelCardCallback):
+        trainer.remove_callback(quiet)
+    return trainer
 
 
-def _save_state(folder: Path, model: TrainableSplade, optimiser, settings: TrainSettings, base, step: int) -> None:
-    """Model, optimiser and step, written to a temporary folder then swapped in (kill-safe)."""
-    temp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    model.save(temp / "model")
-    torch.save(optimiser.state_dict(), temp / "optimiser.pt")
-    torch.save(torch.get_rng_state(), temp / "rng.pt")
-    write_json(temp / "state.json", {"step": step, "settings": asdict(settings), "base": base.fingerprint})
-    shutil.rmtree(folder, ignore_errors=True)
-    temp.rename(folder)
-
-
-def _load_state(folder: Path, settings: TrainSettings, base) -> dict[str, Any] | None:
+def _check_state(folder: Path, settings: TrainSettings, base) -> tuple[Path, int] | None:
+    """The last checkpoint to resume from and its step, if this folder holds a run with these settings."""
     if not (folder / "state.json").is_file():
         return None
     state = json.loads((folder / "state.json").read_text())
-    if state["settings"] != asdict(settings) or state["base"] != base.fingerprint:
+    if state.get("settings") != asdict(settings) or state.get("base") != base.fingerprint:
         raise PipelineError(f"{folder} holds a run with other settings; use --overwrite to start again")
-    return state
+    saved = sorted((int(path.name.split("-")[1]), path) for path in folder.glob("checkpoint-*")
+                   if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").is_file())
+    if not saved:
+        return None
+    step, path = saved[-1]
+    return path, step

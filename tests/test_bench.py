@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # script -> extra arguments for its smoke run (each script owns what --smoke means)
 SMOKE: dict[str, list[str]] = {
+    "backends_quality.py": [],
+    "encode.py": [],
+    "gpu.py": [],
+    "effectiveness.py": [],
+    "exact_reference.py": [],
+    "memory.py": [],
+    "official.py": [],
+    "ray_encode.py": [],
+    "serve.py": [],
+    "scale.py": [],
+    "train.py": [],
 }
 
 

@@ -4,7 +4,26 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 from pipeline.demo import DEMO_DATA
+
+
+def trec_eval_binary(folder):
+    """trec_eval 9.0.4 from Anserini's jar (Linux x86_64 only), or None."""
+    import platform
+    import stat
+    import zipfile
+
+    from pipeline.jvm import anserini_jar
+
+    if (platform.system(), platform.machine()) != ("Linux", "x86_64"):
+        return None
+    target = folder / "trec_eval"
+    with zipfile.ZipFile(anserini_jar()) as jar:
+        target.write_bytes(jar.read("trec_eval/trec_eval-linux-amd64"))
+    target.chmod(target.stat().st_mode | stat.S_IEXEC)
+    return target
 
 
 def cli(*args, cwd=None):
@@ -21,11 +40,21 @@ def test_run_on_demo_dataset_prints_json(tmp_path):
     assert (tmp_path / "runs" / "run.demo.splade-tiny.test.txt").is_file()
     assert "INFO" not in done.stderr and "WARNING" not in done.stderr  # Anserini and JVM logging hidden
 
+    # evaluate on run's own run file, checked against an independent implementation: the trec_eval
+    # binary inside Anserini's jar (it reads TREC qrels, so the BEIR qrels are rewritten as such).
     evaluated = cli("evaluate", "--run", result["run"], "--qrels", result["qrels"], "--metrics", "nDCG@10",
                     "MAP", "--json")
-    assert evaluated.returncode == 0
+    assert evaluated.returncode == 0 and "preset beir" in evaluated.stderr
     figures = json.loads(evaluated.stdout)["metrics"]
-    assert round(figures["nDCG@10"], 6) == round(result["metrics"]["nDCG@10"], 6) and "MAP" in figures
+    binary = trec_eval_binary(tmp_path)
+    if binary is not None:
+        rows = [line.split("\t") for line in Path(result["qrels"]).read_text().splitlines()[1:]]
+        qrels = tmp_path / "qrels.trec"
+        qrels.write_text("".join(f"{q} 0 {d} {g}\n" for q, d, g in rows))
+        out = subprocess.run([str(binary), "-c", "-m", "ndcg_cut.10", "-m", "map", str(qrels), result["run"]],
+                             capture_output=True, text=True, check=True).stdout
+        official = {line.split()[0]: float(line.split()[2]) for line in out.splitlines()}
+        assert round(figures["nDCG@10"], 4) == official["ndcg_cut_10"] and round(figures["MAP"], 4) == official["map"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -53,3 +82,17 @@ def test_demo_explains_top_hits():
     assert lines[0].startswith("| dataset | encoder | queries | nDCG@10")
     assert any(line.startswith("Query q9:") for line in lines)
     assert sum(1 for line in lines if line[:3] in ("1. ", "2. ", "3. ")) == 3
+
+
+def test_evaluate_refuses_bad_levels_and_scores(tmp_path):
+    qrels, run = tmp_path / "q.tsv", tmp_path / "run.txt"
+    qrels.write_text("1\ta\t1\n")
+    run.write_text("1 Q0 a 1 2 t\n1 Q0 b 2 nan t\n")
+    done = cli("evaluate", "--run", run, "--qrels", qrels, "--level", "0")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "splade-pipeline evaluate: error: --level must be an integer of at least 1 (the lowest grade counted "
+        "relevant), got 0"]
+    done = cli("evaluate", "--run", run, "--qrels", qrels)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"splade-pipeline evaluate: error: {run}:2: score 'nan' is not a finite 32-bit float (trec_eval reads "
+        "scores as float32)"]

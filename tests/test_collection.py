@@ -128,3 +128,52 @@ def test_corpus_folder_spanning_shards(tmp_path, encoder):
     assert [r["id"] for r in records] == [f"p{p}d{i}" for p in range(3) for i in range(3)]
     assert manifest["documents"] == 9 and len(manifest["shards"]) == 3
     assert records[5]["vector"] == encoder.to_terms(encoder.encode(["passage 2 of file 1"])[0], 100)
+
+
+def test_overwrite_removes_only_what_encode_wrote(tmp_path, corpus):
+    folder = tmp_path / "toy"
+    encode(corpus, folder)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(stages.PipelineError, match=r"holds files splade-pipeline did not write \(notes.txt\)"):
+        encode(corpus, folder, scale=50, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "manifest.json").is_file()
+    (folder / "notes.txt").unlink()
+    assert encode(corpus, folder, scale=50, overwrite=True)["settings"]["scale"] == 50
+
+
+@pytest.mark.parametrize("layout", [{"notes.txt": "mine"}, {"vectors/part-00000.jsonl": "not ours"},
+                                    {"plan.json": '{"my": "plan"}'}])
+def test_a_folder_encode_did_not_write_is_refused_even_with_overwrite(tmp_path, corpus, layout):
+    folder = tmp_path / "mine"
+    for name, text in layout.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    for overwrite in (False, True):
+        with pytest.raises(stages.PipelineError, match="did not write"):
+            encode(corpus, folder, overwrite=overwrite)
+    assert {p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*") if p.is_file()} == layout
+
+
+def test_empty_folder_is_used_and_no_lock_is_left(tmp_path, corpus):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    encode(corpus, folder)
+    assert (folder / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", "empty"]
+
+
+def test_a_scale_that_empties_every_vector_is_refused_before_a_manifest(tmp_path, corpus):
+    with pytest.raises(stages.PipelineError, match=r"--scale 1e-06 leaves every vector of shard 0 empty"):
+        encode(corpus, tmp_path / "tiny", scale=1e-6)
+    assert not (tmp_path / "tiny" / "manifest.json").exists() and not list((tmp_path / "tiny").glob("vectors/*"))
+
+
+def test_documents_whose_weights_all_round_to_zero_are_counted_and_indexable(tmp_path, encoder):
+    """A scale that empties only some vectors: the manifest counts them, and the index stage agrees."""
+    texts = ["coral", "the"]  # largest weights about 2.8 and 1.6
+    weights = [max(encoder.to_terms(v, 1e6).values()) / 1e6 for v in encoder.encode(texts)]
+    scale = 0.45 / min(weights)  # "the" rounds to nothing, "coral" keeps its top term
+    assert max(weights) * scale >= 0.5
+    lines = [json.dumps({"_id": f"d{i}", "text": t}) for i, t in enumerate(texts)]
+    manifest = encode(write_lines(tmp_path / "c.jsonl", lines), tmp_path / "c", scale=scale, shard_size=10)
+    record = stages.index(tmp_path / "c", tmp_path / "i", say=lambda text: None)
+    assert manifest["empty_documents"] + manifest["empty_vectors"] == record["counters"]["empty"]

@@ -66,12 +66,13 @@ def test_truncation_at_max_length(encoder):
 
 
 def test_quantise_rounds_half_to_even_and_drops_zeros():
-    vector = SparseVector(np.array([1, 2, 3, 4, 5]), np.array([0.004, 0.005, 0.015, 0.0251, 1.0], dtype=np.float32))
+    # Every w * scale below is an exact .5 in binary floating point: 0.125, 0.375, 0.625 are exact
+    # float32 values, and times 4 or 100 they stay exact. Half-up rounding would give 1, 2, 3 / 13, 38, 63.
+    vector = SparseVector(np.array([1, 2, 3, 4]), np.array([0.125, 0.375, 0.625, 1.0], dtype=np.float32))
+    ids, values = quantise(vector, 4)
+    assert dict(zip(ids.tolist(), values.tolist())) == {2: 2, 3: 2, 4: 4}  # 0.5 -> 0 (dropped), 1.5 -> 2, 2.5 -> 2
     ids, values = quantise(vector, 100)
-    expected = {2: int(round(float(np.float32(0.005)) * 100)), 3: round(float(np.float32(0.015)) * 100),
-                4: 3, 5: 100}
-    expected = {k: v for k, v in expected.items() if v}
-    assert dict(zip(ids.tolist(), values.tolist())) == expected
+    assert dict(zip(ids.tolist(), values.tolist())) == {1: 12, 2: 38, 3: 62, 4: 100}
 
 
 def test_to_terms_uses_wordpieces(encoder):
@@ -87,3 +88,24 @@ def test_to_terms_uses_wordpieces(encoder):
 ])
 def test_groups_cover_every_document_once(lengths, groups):
     assert _groups(lengths, 384) == groups
+
+
+def test_background_tokenisation_gives_the_same_vectors(encoder, monkeypatch):
+    """Windows tokenised by the background thread encode exactly as one tokenised list does."""
+    import pipeline.encoder as encoder_module
+
+    whole = encoder.encode_ids(encoder.tokenize(TEXTS))
+    monkeypatch.setattr(encoder_module, "TOKENIZE_WINDOW", 2)
+    windowed = encoder.encode(TEXTS)
+    assert len(windowed) == len(TEXTS)
+    for a, b in zip(whole, windowed):
+        assert np.array_equal(a.ids, b.ids) and np.abs(a.weights - b.weights).max() < 1e-5
+
+
+def test_batches_are_sized_by_tokens(encoder, monkeypatch):
+    """Short texts share a batch up to batch_size x max_length padded tokens; long ones go alone."""
+    seen = []
+    original = encoder._pooled
+    monkeypatch.setattr(encoder, "_pooled", lambda batch: seen.append([len(ids) for ids in batch]) or original(batch))
+    encoder.encode(["one two"] * 100 + [TEXTS[3]] * 3, batch_size=2)
+    assert [len(batch) for batch in seen] == [100, 2, 1]  # 100 x 4 tokens fit 2 x 512; 512-token texts 2 a batch

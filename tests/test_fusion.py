@@ -38,3 +38,30 @@ def test_fuse_command_writes_a_trec_run(tmp_path, capsys):
         fuse([a, b, a], "linear", weights=[0.5, 0.5])
     with pytest.raises(PipelineError, match="at least two"):
         fuse([a])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": 0}, "--k must be a positive finite number"),
+    ({"k": float("nan")}, "--k must be a positive finite number"),
+    ({"hits": 0}, "--hits must be an integer of at least 1"),
+    ({"method": "linear", "weights": [1.0, float("inf")]}, "--weights must be finite"),
+    ({"method": "linear", "weights": [0.0, 0.0]}, "not all zero"),
+    ({"method": "rrf", "weights": [0.5, 0.5]}, "--weights applies to --method linear only"),
+])
+def test_fusion_options_are_validated_before_reading(tmp_path, options, message):
+    with pytest.raises(PipelineError, match=message):
+        fuse([tmp_path / "absent-a.txt", tmp_path / "absent-b.txt"], **options)
+
+
+def test_fused_output_is_ours_and_reused_only_for_the_same_inputs(tmp_path, capsys):
+    a = write(tmp_path / "a.txt", ["1 Q0 x 1 9 bm25", "1 Q0 y 2 5 bm25"])
+    b = write(tmp_path / "b.txt", ["1 Q0 y 1 300 s", "1 Q0 z 2 200 s"])
+    out = tmp_path / "fused.txt"
+    assert main(["fuse", "--runs", str(a), str(b), "--output", str(out)]) == 0
+    first = out.read_bytes()
+    assert main(["fuse", "--runs", str(a), str(b), "--output", str(out), "--hits", "1"]) == 2
+    assert "hits 1000 -> 1" in capsys.readouterr().err and out.read_bytes() == first
+    assert main(["fuse", "--runs", str(a), str(b), "--output", str(out), "--hits", "1", "--overwrite"]) == 0
+    assert out.read_bytes() != first
+    assert main(["fuse", "--runs", str(a), str(b), "--output", str(a), "--overwrite"]) == 2
+    assert "is one of the --runs" in capsys.readouterr().err

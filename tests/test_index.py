@@ -7,7 +7,7 @@ import pytest
 from conftest import write_lines
 from pipeline import stages
 from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.index import lucene_document_count, parse_counters
+from pipeline.index import build_lucene_index, impact_arguments, lucene_document_count, parse_counters
 
 QUIET = {"say": lambda text: None}
 
@@ -48,9 +48,32 @@ def test_foreign_folder_is_not_overwritten(tmp_path, collection):
     target = tmp_path / "taken"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
-    with pytest.raises(ConsistencyError, match="not built by splade-pipeline"):
-        stages.index(collection, target, **QUIET)
+    for overwrite in (False, True):
+        with pytest.raises(PipelineError, match=r"taken holds files splade-pipeline did not write \(notes.txt\)"):
+            stages.index(collection, target, overwrite=overwrite, **QUIET)
     assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_our_index_with_a_stranger_inside_is_not_replaced(tmp_path, collection):
+    index = tmp_path / "idx"
+    stages.index(collection, index, **QUIET)
+    (index / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match=r"did not write \(notes.txt\)"):
+        stages.index(collection, index, overwrite=True, **QUIET)
+    assert (index / "notes.txt").read_text() == "mine" and (index / "splade-pipeline.json").is_file()
+
+
+def test_empty_folder_is_used_and_stale_builds_are_cleaned(tmp_path, collection):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".idx.building-{dead.pid}"
+    (stale / "x").mkdir(parents=True)
+    (tmp_path / "idx").mkdir()
+    record = stages.index(collection, tmp_path / "idx", **QUIET)
+    assert record["documents"] == 9 and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no lock or temporary folder left
 
 
 def test_plain_json_vector_collection_from_elsewhere(tmp_path):
@@ -74,9 +97,20 @@ def test_unfinished_or_missing_collection_is_refused(tmp_path, collection):
 def test_indexer_failure_leaves_no_index(tmp_path):
     folder = tmp_path / "broken"
     write_lines(folder / "docs.jsonl", ['{"id": "a", "contents": "x", "vector": {"coral": 1}}', "{not json"])
-    with pytest.raises(PipelineError):
+    with pytest.raises(InputError, match=r"docs.jsonl:2: invalid JSON"):  # found before Anserini runs
         stages.index(folder, tmp_path / "idx", **QUIET)
-    assert not (tmp_path / "idx").exists()
+    # Anserini's own failure on the same file: its log names no line, the message does
+    with pytest.raises(InputError, match=r"docs.jsonl:2: invalid JSON .*Anserini IndexCollection failed"):
+        build_lucene_index(folder, tmp_path / "idx", impact_arguments(1, False), (2, None), folder, False, {})
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx*"))
+
+
+def test_records_anserini_would_silently_skip_are_errors(tmp_path):
+    folder = tmp_path / "odd"
+    write_lines(folder / "docs.jsonl", ['{"id": "a", "contents": "x", "vector": {"coral": 1}}',
+                                        '{"id": "b", "contents": "y", "vector": {"tide": "seven"}}'])
+    with pytest.raises(InputError, match=r"docs.jsonl:2: weight of 'tide' in document 'b' is not a number"):
+        stages.index(folder, tmp_path / "idx", **QUIET)
 
 
 def test_parse_counters():

@@ -125,7 +125,7 @@ def test_runs_trec_and_msmarco(tmp_path):
     assert read_run(msmarco) == {"1": {"d1": -1.0, "d2": -2.0}}
     with pytest.raises(InputError, match=r"run.txt:2: document 'd1' appears twice"):
         read_run(write_lines(tmp_path / "run.txt", ["1 Q0 d1 1 9 t", "1 Q0 d1 2 8 t"]))
-    with pytest.raises(InputError, match="score or rank is not a number"):
+    with pytest.raises(InputError, match=r"run.txt:1: score 'high' is not a number"):
         read_run(write_lines(tmp_path / "run.txt", ["1 Q0 d1 1 high t"]))
 
 
@@ -140,3 +140,40 @@ def test_encoded_queries_jsonl_and_anserini_cache(tmp_path):
     goldfish = queries["156493"]
     assert goldfish["gold"] == 3002 and goldfish["##fish"] == 2684  # wordpieces, weight x 100
     assert all(isinstance(w, int) and w > 0 for w in goldfish.values())
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("name, lines, read, expected", [
+    ("corpus.tsv", ["d1\tcoral reef", "d2\ttides"], lambda p: docs(p)[0][0], "d1"),
+    ("corpus.jsonl", ['{"_id": "d1", "text": "coral"}'], lambda p: docs(p)[0][0], "d1"),
+    ("docs.jsonl", ['{"id": "d1", "contents": "coral"}'], lambda p: corpus_format(p), "jsoncollection"),
+    ("topics.tsv", ["q1\tcoral reef", "q2\ttides"], lambda p: list(read_topics(p)), ["q1", "q2"]),
+    ("queries.jsonl", ['{"_id": "q1", "text": "coral"}'], lambda p: list(read_topics(p)), ["q1"]),
+    ("qrels.txt", ["q1 0 d1 1", "q2 0 d2 1"], lambda p: sorted(read_qrels(p)), ["q1", "q2"]),
+    ("qrels.tsv", ["query-id\tcorpus-id\tscore", "q1\td1\t1"], lambda p: read_qrels(p), {"q1": {"d1": 1}}),
+    ("run.txt", ["q1 Q0 d1 1 9 t"], lambda p: read_run(p), {"q1": {"d1": 9.0}}),
+    ("enc.jsonl", ['{"id": "q1", "vector": {"coral": 3}}'], lambda p: read_encoded_queries(p), {"q1": {"coral": 3}}),
+    ("enc.tsv", ["q1\tcoral coral"], lambda p: read_encoded_queries(p), {"q1": {"coral": 2}}),
+])
+def test_a_byte_order_mark_is_dropped_by_every_reader(tmp_path, name, lines, read, expected):
+    """One rule for a UTF-8 BOM at the start of any input: dropped, never part of the first id."""
+    path = tmp_path / name
+    path.write_text(BOM + "".join(line + "\n" for line in lines), encoding="utf-8")
+    assert read(path) == expected
+
+
+def test_bom_corpus_offsets_still_seek(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_text(BOM + "a\tone\nb\ttwo\n", encoding="utf-8")
+    positions = [(offset, d.id) for _, offset, d in read_corpus_from([path], "tsv")]
+    assert positions == [(0, "a"), (len(BOM.encode()) + 6, "b")]
+    assert [d.id for _, _, d in read_corpus_from([path], "tsv", 0, 0)] == ["a", "b"]
+    assert [d.id for _, _, d in read_corpus_from([path], "tsv", 0, positions[1][0], 2)] == ["b"]
+
+
+def test_a_bom_in_the_middle_is_still_an_error(tmp_path):
+    path = write_lines(tmp_path / "corpus.jsonl", ['{"_id": "a", "text": "x"}', BOM + '{"_id": "b", "text": "y"}'])
+    with pytest.raises(InputError, match=r"corpus.jsonl:2: invalid JSON"):
+        docs(path)

@@ -8,9 +8,10 @@ import pytest
 from conftest import write_lines
 from pipeline import stages
 from pipeline.demo import DEMO_DATA, collection_vectors
-from pipeline.errors import ConsistencyError, InputError
+from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.readers import read_topics
-from pipeline.search import ImpactSearcher
+from pipeline import search as search_module
+from pipeline.search import ImpactSearcher, format_run
 
 QUIET = {"say": lambda text: None, "progress": False}
 
@@ -38,33 +39,75 @@ def test_scores_are_exact_dot_products_of_quantised_vectors(tmp_path, built, enc
     for qid, text in topics.items():
         query = encoder.to_terms(encoder.encode([text])[0], 100)
         scores = {d: sum(w * doc["vector"].get(t, 0) for t, w in query.items()) for d, doc in docs.items()}
-        expected = sorted(((d, s) for d, s in scores.items() if s > 0), key=lambda x: (-x[1], x[0]))
+        expected = sorted(((d, s) for d, s in scores.items() if s > 0), key=lambda x: (x[1], x[0]), reverse=True)
         got = [(l[2], float(round(float(l[4])))) for l in lines if l[0] == qid]
         assert got == [(d, float(s)) for d, s in expected]
         assert [int(l[3]) for l in lines if l[0] == qid] == list(range(1, len(got) + 1))
     assert {l[5] for l in lines} == {"splade"}
 
 
-def test_ties_beyond_the_cutoff_are_broken_by_document_id(tmp_path):
-    folder = tmp_path / "ties"
-    lines = [json.dumps({"id": f"d{i:02d}", "contents": "", "vector": {"a": 1, f"u{i}": 1}})
-             for i in reversed(range(60))]
-    write_lines(folder / "part-0.jsonl", lines[:30])
-    write_lines(folder / "part-1.jsonl", lines[30:])
-    stages.index(folder, tmp_path / "idx", threads=2, say=QUIET["say"])
-    searcher = ImpactSearcher(tmp_path / "idx")
+def index_vectors(folder, index, vectors):
+    lines = [json.dumps({"id": docid, "contents": "", "vector": vector}) for docid, vector in vectors]
+    half = len(lines) // 2
+    write_lines(folder / "part-0.jsonl", lines[:half])
+    write_lines(folder / "part-1.jsonl", lines[half:])
+    stages.index(folder, index, threads=2, say=QUIET["say"])
+    return index
+
+
+@pytest.fixture(scope="module")
+def tied_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ties")
+    return index_vectors(root / "vectors", root / "index",
+                         [(f"d{i:02d}", {"a": 1, f"u{i}": 1}) for i in reversed(range(60))])
+
+
+def search(index, queries, hits, **options):
+    searcher = ImpactSearcher(index)
     try:
-        hits = searcher.search({"q": {"a": 2}, "none": {"zzz": 3}}, hits=10, threads=2)
+        return searcher.search(queries, hits=hits, threads=2, **options), searcher.counters
     finally:
         searcher.close()
-    assert hits["q"] == [(f"d{i:02d}", 2.0) for i in range(10)] and hits["none"] == []
 
 
-def test_tied_scores_are_written_so_trec_eval_keeps_the_order():
-    from pipeline.search import format_run
+def test_ties_beyond_the_cutoff_are_broken_by_document_id_as_trec_eval_does(tied_index):
+    hits, counters = search(tied_index, {"q": {"a": 2}, "none": {"zzz": 3}}, 10)
+    assert hits["q"] == [(f"d{i:02d}", 2.0) for i in range(59, 49, -1)] and hits["none"] == []
+    assert counters["ties_capped"] == 0
 
-    text = format_run({"1": [("a", 7.0), ("b", 7.0), ("c", 7.0), ("d", 5.0)]}).decode()
-    assert [line.split()[4] for line in text.splitlines()] == ["7.000000", "6.999999", "6.999998", "5.000000"]
+
+def test_tie_deepening_is_capped(tied_index, monkeypatch):
+    """A tie larger than the depth limit is not chased through the whole index: it is broken among
+    the fetched hits (deterministically ordered) and counted."""
+    monkeypatch.setattr(search_module, "TIE_DEPTH_LIMIT", 5)
+    depths = []
+    original = ImpactSearcher._batch
+    monkeypatch.setattr(ImpactSearcher, "_batch",
+                        lambda self, queries, depth, threads: depths.append(depth) or original(self, queries, depth,
+                                                                                               threads))
+    hits, counters = search(tied_index, {"q": {"a": 2}, "r": {"u7": 1}}, 10)
+    assert max(depths) == 10 + 1 + 5 < 60
+    assert counters["ties_capped"] == 1 and counters["ties_capped_queries"] == ["q"]
+    assert len(hits["q"]) == 10 and [s for _, s in hits["q"]] == [2.0] * 10
+    assert [d for d, _ in hits["q"]] == sorted((d for d, _ in hits["q"]), reverse=True)
+
+
+def test_scores_beyond_2_24_are_float32_and_counted(tmp_path):
+    """Lucene's float32 scores are exact integers below 2^24; above, neighbours merge (here
+    16,781,313 and 16,781,312) and tie, ordered by document id descending as trec_eval reads them."""
+    index = index_vectors(tmp_path / "big", tmp_path / "idx", [
+        ("d1", {"a": 4097, "b": 1}), ("d2", {"a": 4097}), ("d3", {"a": 4096}), ("d4", {"a": 1})])
+    hits, counters = search(index, {"q": {"a": 4096, "b": 1}, "small": {"a": 3}}, 10)
+    assert 4096 * 4097 + 1 > 2 ** 24
+    assert hits["q"][:3] == [("d2", 16781312.0), ("d1", 16781312.0), ("d3", 16777216.0)]
+    assert counters["scores_beyond_2^24"] == 1
+    assert hits["small"][:3] == [("d2", 12291.0), ("d1", 12291.0), ("d3", 12288.0)]  # exact below 2^24
+
+
+def test_tied_scores_are_written_exactly_in_trec_eval_order():
+    text = format_run({"1": [("a", 70000.0), ("b", 70000.0), ("c", 70000.0), ("d", 5.0)]}).decode()
+    assert [line.split()[2:5] for line in text.splitlines()] == [
+        ["c", "1", "70000.000000"], ["b", "2", "70000.000000"], ["a", "3", "70000.000000"], ["d", "4", "5.000000"]]
 
 
 def test_remove_query_and_msmarco_format(tmp_path, built):
@@ -79,6 +122,20 @@ def test_remove_query_and_msmarco_format(tmp_path, built):
     assert [row[1] for row in without] == [d for d in with_query if d != "space-03"][:5]
     assert [row[2] for row in without] == [str(r) for r in range(1, len(without) + 1)]
     assert all(row[0] == "space-03" for row in without) and len(without) == 5
+
+
+def test_remove_query_for_chosen_queries_refills_to_hits(built):
+    _, index = built
+    queries = {"ocean-02": {"coral": 100, "reef": 50}, "q": {"coral": 100, "reef": 50}}
+    kept, _ = search(index, queries, 3, remove_query=False)
+    assert kept["ocean-02"][0][0] == "ocean-02" and kept["q"] == kept["ocean-02"]
+    deeper, _ = search(index, queries, 4)
+    for chosen in (True, ["ocean-02"]):
+        removed, counters = search(index, queries, 3, remove_query=chosen)
+        assert removed["ocean-02"] == deeper["ocean-02"][1:4] and counters["self_hits_removed"] == 1
+        assert removed["q"] == kept["q"]
+    untouched, counters = search(index, queries, 3, remove_query=["q"])
+    assert untouched == kept and counters["self_hits_removed"] == 0
 
 
 def test_pre_encoded_queries(tmp_path, built):
@@ -111,15 +168,23 @@ def test_other_settings_are_refused_unless_forced(tmp_path, built, encoder):
     assert (tmp_path / "a.txt").stat().st_size > 0
 
 
-def test_existing_run_is_kept_unless_overwrite(tmp_path, built):
+def test_existing_run_is_kept_only_when_made_from_the_same_inputs(tmp_path, built):
     _, index = built
-    run = tmp_path / "run.txt"
-    run.write_text("keep me\n")
+    run, topics = tmp_path / "run.txt", DEMO_DATA / "queries.jsonl"
+    stages.search(index, run, topics, hits=10, **QUIET)
+    first = run.read_bytes()
     said = []
-    stages.search(index, run, DEMO_DATA / "queries.jsonl", say=said.append, progress=False)
-    assert run.read_text() == "keep me\n" and "exists" in said[0]
-    stages.search(index, run, DEMO_DATA / "queries.jsonl", overwrite=True, **QUIET)
-    assert run.read_text() != "keep me\n"
+    stages.search(index, run, topics, hits=10, say=said.append, progress=False)
+    assert run.read_bytes() == first and "nothing to do" in said[0]
+    with pytest.raises(ConsistencyError, match=r"made from other inputs \(hits 10 -> 5\)"):
+        stages.search(index, run, topics, hits=5, **QUIET)
+    stages.search(index, run, topics, hits=5, overwrite=True, **QUIET)
+    assert run.read_bytes() != first
+    mine = tmp_path / "mine.txt"  # a file splade-pipeline did not write is never replaced
+    mine.write_text("keep me\n")
+    with pytest.raises(PipelineError, match="not written by splade-pipeline"):
+        stages.search(index, mine, topics, overwrite=True, **QUIET)
+    assert mine.read_text() == "keep me\n"
 
 
 def test_not_an_index(tmp_path):

@@ -1,13 +1,19 @@
-"""Training: exact gradients of the tiled max projection, data, and a short real fine-tune."""
+"""Training: the shared kernel's gradients, data, and short real fine-tunes on sentence-transformers' trainer."""
 
 import json
 
 import pytest
 import torch
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.train import MaxProjection, TrainSettings, Triple, mine_triples, read_triples, train
+from pipeline import models
 from pipeline.demo import DEMO_DATA
+from pipeline.encoder import SpladeEncoder
+from pipeline.errors import InputError, PipelineError
+from pipeline.projection import MaxProjection
+from pipeline.train import TrainSettings, Triple, mine_triples, read_triples, train
+
+TEXTS = ["coral reefs bleach when the ocean warms", "photosynthesis in plants",
+         "what do bees do in winter? they cluster and shiver to keep the queen warm"]
 
 
 def naive_max(packed, weight, starts):
@@ -57,23 +63,107 @@ def test_mined_triples_avoid_judged_documents(tmp_path):
     assert len(random_triples) == 20
 
 
-def test_short_fine_tune_writes_a_loadable_checkpoint_and_resumes(tmp_path):
-    triples = mine_triples(DEMO_DATA / "queries.jsonl", DEMO_DATA / "qrels" / "test.tsv", DEMO_DATA / "corpus.jsonl",
-                           negatives="random")
-    settings = TrainSettings(batch_size=4, max_steps=4, doc_max_length=64, warmup_steps=1, lambda_warmup_steps=2)
-    output = tmp_path / "model"
-    partial = train(triples, output, settings=settings, save_steps=2, max_minutes=0, progress=False)
+@pytest.fixture(scope="module")
+def demo_triples():
+    return mine_triples(DEMO_DATA / "queries.jsonl", DEMO_DATA / "qrels" / "test.tsv", DEMO_DATA / "corpus.jsonl",
+                        negatives="random")
+
+
+SETTINGS = TrainSettings(batch_size=4, max_steps=4, doc_max_length=64, warmup_steps=1, lambda_warmup_steps=2,
+                         learning_rate=2e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_triples):
+    """A fine-tune stopped by --max-minutes after one step, then resumed to the end (the same call again)."""
+    output = tmp_path_factory.mktemp("train") / "model"
+    partial = train(demo_triples, output, settings=SETTINGS, save_steps=2, max_minutes=0, progress=False)
+    summary = train(demo_triples, output, settings=SETTINGS, save_steps=2, progress=False)
+    return output, partial, summary
+
+
+def test_short_fine_tune_stops_resumes_and_writes_a_checkpoint_encode_loads(trained, demo_triples):
+    output, partial, summary = trained
     assert partial["finished"] is False and partial["step"] == 1  # the deadline stops it after one step
-    summary = train(triples, output, settings=settings, save_steps=2, progress=False)
     assert summary["finished"] and summary["steps"] == 4
     log = [json.loads(l) for l in (output / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["postings_d"] > 0 for r in log)
-    from pipeline import models
-    from pipeline.encoder import SpladeEncoder
-    encoder = SpladeEncoder(models.resolve(str(output)))
-    assert len(encoder.encode(["coral reefs"])[0]) > 0
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(r["postings_d"] > 0 and r["postings_q"] > 0 and r["ranking"] is not None for r in log)
+    assert [r["lambda_q"] for r in log] == pytest.approx([0.0, 0.25 * 3e-3, 3e-3, 3e-3])  # quadratic, 2 steps
+    assert not (output / "checkpoint").exists()  # the run's checkpoints go once the model is written
+    assert models.resolve(str(output)).fingerprint != models.resolve(None).fingerprint  # the weights moved
+    assert len(SpladeEncoder(models.resolve(str(output))).encode(["coral reefs"])[0]) > 0
+    again = train(demo_triples, output, settings=SETTINGS, progress=False)  # finished: nothing to do
+    assert again == json.loads((output / "training.json").read_text())
+
+
+def test_a_run_with_other_settings_is_not_resumed(tmp_path, demo_triples):
+    output = tmp_path / "model"
+    (output / "checkpoint").mkdir(parents=True)
+    (output / "checkpoint" / "state.json").write_text(json.dumps({"settings": {}, "base": "x"}))
     with pytest.raises(PipelineError, match="other settings"):
-        (output / "training.json").unlink()
-        (output / "checkpoint").mkdir()
-        (output / "checkpoint" / "state.json").write_text(json.dumps({"step": 1, "settings": {}, "base": "x"}))
-        train(triples, output, settings=settings, progress=False)
+        train(demo_triples, output, settings=SETTINGS, progress=False)
+
+
+def dense(vectors, vocab):
+    out = torch.zeros(len(vectors), vocab)
+    for row, vector in enumerate(vectors):
+        out[row, torch.as_tensor(vector.ids, dtype=torch.long)] = torch.as_tensor(vector.weights)
+    return out
+
+
+def test_a_trained_checkpoint_encodes_as_the_trainer_scores_it(trained):
+    """The trainer's module chain (tiled trainable max pooling, gradients on), sentence-transformers'
+    own SparseEncoder loading the folder (plain SpladePooling over full logits) and ``encode`` agree."""
+    from sentence_transformers import SparseEncoder
+
+    from pipeline.training.modules import splade_model
+
+    output = str(trained[0])
+    encoder = SpladeEncoder(models.resolve(output))
+    expected = dense(encoder.encode(TEXTS), encoder.vocab_size)
+
+    chain = splade_model(output, doc_max_length=512)
+    chain.eval()  # no dropout; gradients stay on, so the pooling is the trainable kernel the trainer runs
+    with torch.enable_grad():
+        scored = chain(chain.preprocess(TEXTS, task="document"))["sentence_embedding"]
+    assert scored.requires_grad
+    plain = SparseEncoder(output, device="cpu")
+    with torch.inference_mode():
+        loaded = plain(plain.preprocess(TEXTS))["sentence_embedding"]
+
+    for got in (scored.detach(), loaded):
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert ((got > 0) == (expected > 0)).all()
+        for row in range(len(TEXTS)):
+            assert got[row].topk(10).indices.tolist() == expected[row].topk(10).indices.tolist()
+    # the scores the contrastive loss sees are the dot products search computes from encode's vectors
+    assert torch.allclose(scored.detach() @ scored.detach().T, expected @ expected.T, rtol=1e-5)
+
+
+def test_margin_mse_l1_and_gradient_accumulation(tmp_path):
+    triples = [Triple(f"query {i} about coral", f"coral reef text {i}", f"desert sand text {i}", (10.0 + i, 2.0))
+               for i in range(8)]
+    settings = TrainSettings(loss="margin-mse", regulariser="l1", batch_size=2, gradient_accumulation_steps=2,
+                             max_steps=2, doc_max_length=32, warmup_steps=0, lambda_warmup_steps=0)
+    summary = train(triples, tmp_path / "model", settings=settings, progress=False)
+    log = [json.loads(l) for l in (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert summary["finished"] and [r["step"] for r in log] == [1, 2]
+    assert log[0]["lambda_d"] == pytest.approx(1e-3)  # no warm-up: the full lambda from the first step
+    with pytest.raises(PipelineError, match="teacher scores"):
+        train([Triple("q", "p", "n")] * 4, tmp_path / "other", settings=settings, progress=False)
+
+
+def test_absent_device_or_unsupported_precision_is_one_line(tmp_path, demo_triples):
+    from pipeline.cli import main
+
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="--device cuda"):
+            train(demo_triples, tmp_path / "a", settings=SETTINGS, device="cuda", progress=False)
+    with pytest.raises(PipelineError, match="fp16 needs a GPU"):
+        train(demo_triples, tmp_path / "b", settings=SETTINGS, device="cpu", precision="fp16", progress=False)
+    triples = tmp_path / "triples.jsonl"
+    triples.write_text(json.dumps({"query": "q", "positive": "p", "negative": "n"}) + "\n")
+    code = main(["train", "--output", str(tmp_path / "c"), "--triples", str(triples), "--device", "cuda:99",
+                 "--quiet"])
+    assert code == 2 and not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

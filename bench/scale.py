@@ -1,0 +1,793 @@
+#!/usr/bin/env python
+"""The index and search at scale: Lucene, Seismic and BMP on up to a million SPLADE documents.
+
+No encoded collection of millions of passages can be had here, so this builds one from real
+vectors: the 30,005 MS MARCO passages of ``msmarco-passage-dl-pool`` are encoded with splade-tiny
+by the project's own encode stage, and synthetic documents are drawn to follow them (postings per
+document, per-term document frequency and impacts; see bench/_synthetic.py and docs/scale.md).
+The generated collection is measured against the real one and the comparison is written into the
+result. The synthetic collection is streamed into JsonVectorCollection files, never held in memory.
+
+At each size (default 100k, 300k and 1M documents) it records:
+
+- index build time and threads (the project's index stage, Anserini IndexCollection), index size;
+- Lucene search (``pipeline.search.ImpactSearcher``) with splade-tiny encodings of MS MARCO
+  dev-small and DL19 queries: latency p50/p99 one query at a time, and QPS with 1 and 2 threads,
+  at k=10 and k=1000; query encoding is timed separately;
+- Seismic (pyseismic-lsr) and BMP (block-max pruning) on the same vectors and queries: build
+  time, latency and recall@10 against the exact top 10 (Lucene's impact search is exhaustive);
+- the peak RSS of every stage, each run in a process of its own;
+
+then fits each figure's growth with the collection (a power law through the sizes) and projects
+it to MS MARCO's 8.8M passages, printed as a table. Built artifacts live under
+bench/results/work/scale/ and are reused: a rerun redoes only what is missing.
+
+    python bench/scale.py --lock /tmp/bench.lock           # the full run (takes the lock per timed stage)
+    python bench/scale.py --sizes 100000 300000            # fewer sizes
+    python bench/scale.py --smoke                          # seconds: 30 passages, 1k and 2k documents
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+import common
+
+HERE = Path(__file__).resolve()
+MSMARCO = common.DATASETS / "msmarco-passage-dl-pool" / "collection.tsv"
+TOPICS = common.DATASETS / "msmarco-passage-topics" / "queries"
+TARGET = 8_841_823  # passages in MS MARCO v1
+SEED = 12
+SEISMIC_SETTINGS = ({"query_cut": 10, "heap_factor": 0.7}, {"query_cut": 20, "heap_factor": 0.9})
+BMP_SETTINGS = ({"alpha": 1.0, "beta": 1.0}, {"alpha": 0.9, "beta": 1.0})
+BMP_MAX = 255  # BMP stores 8-bit impacts
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def latency(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
+            "mean_ms": round(float(np.mean(ms)), 3) if ms else float("nan")}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(temp, path)
+
+
+def read_queries(path: Path) -> dict[str, dict[str, int]]:
+    queries = {}
+    with open(path) as handle:
+        for line in handle:
+            record = json.loads(line)
+            queries[record["id"]] = record["vector"]
+    return queries
+
+
+def recall_at(found: dict[str, list[str]], exact: dict[str, list[list]], k: int = 10) -> dict[str, float]:
+    """Recall@k against the exact top k: the id overlap, and tie-aware (any hit scoring at least the
+    exact k-th score counts; engines report their exact dot products)."""
+    plain, tie_aware = [], []
+    for qid, top in exact.items():
+        if not top:
+            continue
+        ids = {docid for docid, _ in top[:k]}
+        kth = top[min(k, len(top)) - 1][1]
+        hits = found.get(qid, [])[:k]
+        plain.append(len(ids & {docid for docid, _ in hits}) / len(ids))
+        tie_aware.append(min(len(ids), sum(1 for _, score in hits if score >= kth - 1e-3)) / len(ids))
+    return {"recall@10": round(float(np.mean(plain)), 4) if plain else float("nan"),
+            "recall@10_ties": round(float(np.mean(tie_aware)), 4) if tie_aware else float("nan")}
+
+
+# -- stages (each runs in a child process of its own; see run_stage) ------------------------------
+
+def stage_encode(corpus: str, output: str, shard_size: int) -> dict[str, Any]:
+    """The real passages through the project's encode stage (resumable; a finished one is kept)."""
+    from pipeline import stages
+
+    start = time.perf_counter()
+    manifest = stages.encode(Path(corpus), Path(output), shard_size=shard_size, progress=False)
+    return {"documents": manifest["documents"], "empty_documents": manifest["empty_documents"],
+            "postings": manifest["postings"], "encoder": manifest["settings"]["encoder"]["name"],
+            "scale": manifest["settings"]["scale"], "seconds": round(time.perf_counter() - start, 2)}
+
+
+def stage_adopt(source: str, output: str, corpus: str) -> dict[str, Any]:
+    """A finished encoding of the same corpus made elsewhere by the encode stage, checked and copied.
+
+    Encoding is deterministic, so a collection that the project's encode stage wrote for the same
+    corpus with splade-tiny (same fingerprint), max pooling and scale 100 is the one this run would
+    write; copying it saves the encoding's CPU time on a shared machine.
+    """
+    from pipeline import models
+    from pipeline.collection import load_manifest, verify_vectors
+
+    folder = Path(source)
+    manifest = load_manifest(folder)
+    if manifest is None:
+        raise SystemExit(f"scale.py: {folder} has no manifest.json (unfinished encoding)")
+    verify_vectors(folder, manifest)
+    settings = manifest["settings"]
+    wanted = {"source": str(Path(corpus).resolve()), "fingerprint": models.resolve(None).fingerprint,
+              "pooling": "max", "scale": 100}
+    found = {"source": manifest["source"]["path"], "fingerprint": settings["encoder"]["fingerprint"],
+             "pooling": settings["pooling"], "scale": settings["scale"]}
+    if found != wanted:
+        raise SystemExit(f"scale.py: {folder} is another encoding: {found} (wanted {wanted})")
+    target = Path(output)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder, target)
+    return {"adopted_from": str(folder), "documents": manifest["documents"],
+            "empty_documents": manifest["empty_documents"], "postings": manifest["postings"],
+            "encoder": "splade-tiny", "fingerprint": found["fingerprint"], "scale": found["scale"],
+            "max_length": settings["max_length"]}
+
+
+def stage_profile(collection: str, shards: list[str], profile: str, weights: str) -> dict[str, Any]:
+    """Statistics of the real encoding (its finished shards) and calibrated sampling weights."""
+    import _synthetic as syn
+
+    start = time.perf_counter()
+    prof = syn.profile(syn.read_vectors(Path(collection) / "vectors" / name for name in shards))
+    read = time.perf_counter() - start
+    w = syn.calibrate(prof)
+    lengths, share = syn.length_groups(prof.lengths)
+    got = syn.inclusion(w, lengths, share)
+    target = prof.df / prof.documents
+    prof.save(Path(profile))
+    np.save(weights, w)
+    return {"documents": prof.documents, "shards": len(shards), "terms": len(prof.terms),
+            "postings": int(prof.df.sum()), "postings_per_document": round(float(prof.lengths.mean()), 2),
+            "max_impact": int(prof.impacts.max()), "read_seconds": round(read, 2),
+            "calibrate_seconds": round(time.perf_counter() - start - read, 2),
+            "calibration_max_relative_error": float(np.max(np.abs(got - target) / target))}
+
+
+def make_part(profile: str, weights: str, parts: str, part_size: int, index: int) -> int:
+    """Part ``index``: ``part_size`` documents from a generator seeded by the part number alone, so a
+    part is the same whenever and by whichever worker it is made; written to a temporary file and
+    renamed, so a killed run leaves whole parts only."""
+    import _synthetic as syn
+
+    folder = Path(parts)
+    path = folder / f"part-{index:05d}.jsonl"
+    if path.exists():
+        return 0
+    prof = syn.Profile.load(Path(profile))
+    gen = syn.Generator(prof, np.load(weights))
+    names = syn.quoted(prof.terms)
+    rng = np.random.default_rng([SEED, index])
+    temp = folder.parent / f".{path.name}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        number = index * part_size
+        for lo in range(0, part_size, 5000):
+            for terms, impacts in gen.batch(min(5000, part_size - lo), rng):
+                handle.write(syn.json_line(f"syn{number:08d}", terms, impacts, names))
+                number += 1
+    os.replace(temp, path)
+    return part_size
+
+
+def stage_generate(profile: str, weights: str, parts: str, part_size: int, count: int,
+                   workers: int) -> dict[str, Any]:
+    """Synthetic parts 0..count-1 streamed to JsonVectorCollection files by ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    Path(parts).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        made = sum(pool.map(make_part, *zip(*[(profile, weights, parts, part_size, i) for i in range(count)])))
+    seconds = time.perf_counter() - start
+    return {"documents_made": made, "workers": workers, "seconds": round(seconds, 2),
+            "documents_per_second": round(made / seconds, 1) if made else None}
+
+
+def stage_verify(profile: str, files: list[str]) -> dict[str, Any]:
+    """The generated collection, read back from its files, against the real encoding."""
+    import _synthetic as syn
+
+    prof = syn.Profile.load(Path(profile))
+    tally = syn.Tally(prof)
+    for vector in syn.read_vectors(Path(f) for f in files):
+        tally.add(vector)
+    return syn.compare(prof, tally)
+
+
+def stage_index(collection: str, index: str, threads: int) -> dict[str, Any]:
+    """The project's index stage on a plain JsonVectorCollection folder."""
+    from pipeline.index import build_index
+
+    start = time.perf_counter()
+    record, _ = build_index(Path(collection), Path(index), threads, overwrite=True)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "threads": threads, "documents": record["documents"],
+            "index_bytes": folder_bytes(Path(index)), "counters": record["counters"]}
+
+
+def stage_queries(topics: list[list[str]], output: str | None, repeat_single: int,
+                  threads: int | None = None) -> dict[str, Any]:
+    """splade-tiny encodings of the topics (written to ``output``, when given); encoding timed one
+    query at a time and in batches with ``threads`` torch threads (default: all cores)."""
+    common.quiet_peers()
+    from pipeline import models, stages
+    from pipeline.readers import read_topics
+    from pipeline.search import encode_queries
+
+    texts: dict[str, str] = {}
+    for name, path, limit in topics:
+        for qid, text in list(read_topics(Path(path)).items())[:int(limit)]:
+            texts[f"{name}-{qid}"] = text
+    encoder = stages.load_encoder(models.resolve(None), "max", 512, threads)
+    encode_queries(encoder, dict(list(texts.items())[:8]), 100, 32, progress=False)  # warm-up
+    single = []
+    for text in list(texts.values())[:repeat_single]:
+        start = time.perf_counter()
+        encoder.to_terms(encoder.encode([text])[0], 100)
+        single.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    vectors = encode_queries(encoder, texts, 100, 32, progress=False)
+    batch_seconds = time.perf_counter() - start
+    if output:
+        with open(output, "w") as handle:
+            for qid, vector in vectors.items():
+                handle.write(json.dumps({"id": qid, "vector": vector}) + "\n")
+    terms = [len(v) for v in vectors.values()]
+    return {"queries": len(vectors), "by_set": {name: min(int(limit), len(read_topics(Path(path))))
+                                                 for name, path, limit in topics},
+            "terms_per_query": {"mean": round(float(np.mean(terms)), 1), "max": int(max(terms))},
+            "encode_one_at_a_time": {**latency(single), "queries": len(single), "threads": encoder.torch.get_num_threads()},
+            "encode_batched": {"batch_size": 32, "queries_per_second": round(len(vectors) / batch_seconds, 1)}}
+
+
+def stage_lucene(index: str, queries: str, ks: list[int], threads: list[int], exact: str,
+                 warmup: int) -> dict[str, Any]:
+    """Lucene impact search through pipeline.search.ImpactSearcher: latency and QPS per k and threads."""
+    from pipeline.search import ImpactSearcher
+
+    qs = read_queries(Path(queries))
+    searcher = ImpactSearcher(Path(index))
+    out: dict[str, Any] = {"documents": searcher.documents, "queries": len(qs)}
+    try:
+        warm = dict(list(qs.items())[:warmup])
+        searcher.search(warm, max(ks), threads=max(threads))
+        for k in ks:
+            times, top = [], {}
+            for qid, vector in qs.items():
+                start = time.perf_counter()
+                hits = searcher.search({qid: vector}, k, threads=1)[qid]
+                times.append(time.perf_counter() - start)
+                top[qid] = hits[:10]
+            figures: dict[str, Any] = {"latency_1_thread": latency(times)}
+            if k == 10:
+                write_json_atomic(Path(exact), top)
+            for t in threads:
+                start = time.perf_counter()
+                searcher.search(qs, k, threads=t)
+                figures[f"qps_{t}_threads"] = round(len(qs) / (time.perf_counter() - start), 1)
+            out[f"k={k}"] = figures
+    finally:
+        searcher.close()
+    return out
+
+
+def stage_seismic(jsonl: str, queries: str, exact: str, threads: list[int]) -> dict[str, Any]:
+    """Seismic as its users run it: SeismicIndex.build on a JSONL file, default build settings."""
+    try:
+        import seismic
+    except ImportError:
+        return {"skipped": "pyseismic-lsr is not installed (pip install -e '.[bench]')"}
+    qs = read_queries(Path(queries))
+    reference = json.loads(Path(exact).read_text())
+    start = time.perf_counter()
+    index = seismic.SeismicIndex.build(jsonl, num_threads=max(threads))
+    out: dict[str, Any] = {"build_seconds": round(time.perf_counter() - start, 2), "build_threads": max(threads),
+                           "documents": index.len, "postings": index.nnz}
+    kind = seismic.get_seismic_string()
+    ids = np.array(list(qs), dtype=kind)
+    comps = [np.array(list(v), dtype=kind) for v in qs.values()]
+    vals = [np.array(list(v.values()), dtype=np.float32) for v in qs.values()]
+    runs = []
+    for setting in SEISMIC_SETTINGS:
+        times, found = [], {}
+        for qid, c, v in zip(qs, comps, vals):
+            begin = time.perf_counter()
+            hits = index.search(qid, c, v, k=10, **setting)
+            times.append(time.perf_counter() - begin)
+            found[qid] = [(docid, score) for _, score, docid in hits]
+        row: dict[str, Any] = {**setting, "latency_1_thread": latency(times), **recall_at(found, reference)}
+        for t in threads:
+            begin = time.perf_counter()
+            index.batch_search(ids, comps, vals, k=10, num_threads=t, **setting)
+            row[f"qps_{t}_threads"] = round(len(qs) / (time.perf_counter() - begin), 1)
+        runs.append(row)
+    out["k=10"] = runs
+    return out
+
+
+def stage_bmp(files: list[str], index: str, queries: str, exact: str, max_impact: int) -> dict[str, Any]:
+    """BMP as its users run it: bmp.Indexer fed document by document, bmp.Searcher per query.
+
+    BMP stores 8-bit impacts, so (as for its CIFF inputs) impacts are requantised to 1..255 by
+    ``round(v * 255 / max_impact)``; its exact mode is exact for those, hence recall below 1.
+    """
+    try:
+        import bmp
+    except ImportError:
+        return {"skipped": "bmp is not installed (pip install -e '.[bench]')"}
+
+    qs = read_queries(Path(queries))
+    reference = json.loads(Path(exact).read_text())
+    factor = BMP_MAX / max(max_impact, BMP_MAX)
+    path = Path(index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    indexer = bmp.Indexer(str(path), 32, False)
+    for name in files:
+        with open(name, encoding="utf-8") as handle:
+            for line in handle:
+                doc = json.loads(line)
+                indexer.add_document(doc["id"], {t: max(1, int(round(v * factor))) for t, v in doc["vector"].items()})
+    indexer.finish()
+    build = time.perf_counter() - start
+    begin = time.perf_counter()
+    searcher = bmp.Searcher(str(path))
+    out: dict[str, Any] = {"build_seconds": round(build, 2), "build_threads": 1, "block_size": 32,
+                           "load_seconds": round(time.perf_counter() - begin, 2),
+                           "index_bytes": path.stat().st_size, "requantised_by": round(factor, 5)}
+    runs = []
+    for setting in BMP_SETTINGS:
+        times, found = [], {}
+        for qid, vector in qs.items():
+            begin = time.perf_counter()
+            docids, scores = searcher.search(vector, k=10, **setting)
+            times.append(time.perf_counter() - begin)
+            found[qid] = list(zip(docids, scores))
+        recall = recall_at(found, reference)
+        recall.pop("recall@10_ties")  # BMP's scores are on its requantised scale: no score threshold applies
+        row = {**setting, "latency_1_thread": latency(times), **recall, "qps_1_thread": round(len(qs) / sum(times), 1)}
+        runs.append(row)
+    out["k=10"] = runs
+    return out
+
+
+STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile, "generate": stage_generate, "verify": stage_verify,
+          "index": stage_index, "queries": stage_queries, "lucene": stage_lucene, "seismic": stage_seismic,
+          "bmp": stage_bmp}
+
+
+# -- running a stage in its own process and measuring it ------------------------------------------
+
+@contextlib.contextmanager
+def bench_lock(path: str | None, wait: float | None) -> Iterator[str]:
+    """Hold ``path`` (flock) while a timed stage runs, so timed runs on a shared machine don't overlap.
+
+    With ``wait`` seconds the stage goes ahead unlocked after that long; what happened is yielded
+    and recorded with the stage's figures.
+    """
+    if not path:
+        yield "not used"
+        return
+    with open(path, "a") as handle:
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    held = False
+                    break
+                time.sleep(1)
+        try:
+            yield "held" if held else f"not held (busy after waiting {wait:.0f} s)"
+        finally:
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sample_tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Largest summed RSS of a process and its descendants (psutil, every 0.2 s)."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += proc.memory_info().rss
+        except psutil.Error:
+            break
+        peak[0] = max(peak[0], total)
+        stop.wait(0.2)
+
+
+LOCK_WAIT: list[float | None] = [None]  # --lock-wait, set by main
+CACHED_ONLY = [False]  # --cached-only, set by main
+
+
+def cached(work: Path, label: str, args: dict[str, Any]) -> bool:
+    path = work / "stages" / f"{label}.json"
+    return path.exists() and json.loads(path.read_text()).get("args") == args
+
+
+def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str | None = None,
+              timed: bool = False) -> dict[str, Any]:
+    """Run stage ``name`` in a child process, or return its record from an earlier run with the same args.
+
+    The record adds wall seconds, the child's peak RSS (``ru_maxrss`` from wait4: the largest single
+    process of the stage, its own children included) and the sampled peak of the whole process tree.
+    """
+    record_path = work / "stages" / f"{label}.json"
+    if record_path.exists():
+        cached = json.loads(record_path.read_text())
+        if cached.get("args") == args:
+            print(f"[scale] {label}: reused from {record_path}", file=sys.stderr)
+            return cached
+    if CACHED_ONLY[0]:
+        print(f"[scale] {label}: not measured (--cached-only)", file=sys.stderr)
+        return {"result": {"not_measured": True}}
+    out = work / "stages" / f".{label}.out.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(HERE), "--stage", name, "--stage-args", json.dumps(args), "--stage-out", str(out)]
+    print(f"[scale] {label} ...", file=sys.stderr, flush=True)
+    with bench_lock(lock if timed else None, LOCK_WAIT[0]) as lock_state:
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        child = subprocess.Popen(command, cwd=str(common.ROOT))
+        stop, peak = threading.Event(), [0]
+        sampler = threading.Thread(target=sample_tree_rss, args=(child.pid, stop, peak), daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+    if child.returncode != 0:
+        raise SystemExit(f"scale.py: stage {label} failed (exit {child.returncode})")
+    result = json.loads(out.read_text())
+    out.unlink()
+    record = {"args": args, "result": result, "wall_seconds": round(wall, 2),
+              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "peak_tree_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None, "bench_lock": lock_state,
+              "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+    write_json_atomic(record_path, record)
+    print(f"[scale] {label}: {wall:.1f} s, peak RSS {record['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+    return record
+
+
+def child_main(name: str, args: str, out: str) -> int:
+    result = STAGES[name](**json.loads(args))
+    write_json_atomic(Path(out), result)
+    return 0
+
+
+# -- growth ---------------------------------------------------------------------------------------
+
+def power_fit(sizes: list[int], values: list[float]) -> dict[str, float] | None:
+    """``value = a * size^b`` by least squares in log-log space, and ``value = c + d * size`` by least
+    squares; each projected to 8.8M documents. For growth slower than linear (b < 1) the straight
+    line overestimates and the power law is the better guess; where a fixed cost dominates the small
+    sizes (JVM start-up), the straight line is."""
+    points = [(n, v) for n, v in zip(sizes, values) if v is not None and v > 0 and math.isfinite(v)]
+    if len(points) < 2:
+        return None
+    n = np.array([p[0] for p in points], dtype=np.float64)
+    v = np.array([p[1] for p in points], dtype=np.float64)
+    b, a = np.polyfit(np.log(n), np.log(v), 1)
+    d, c = np.polyfit(n, v, 1)
+    return {"exponent": round(float(b), 3), "projected_8.8M": float(np.exp(a + b * math.log(TARGET))),
+            "linear_intercept": float(c), "linear_per_million": float(d * 1e6),
+            "linear_projected_8.8M": float(c + d * TARGET)}
+
+
+def figure_rows(per_size: dict[int, dict[str, Any]]) -> list[tuple[str, dict[int, float | None]]]:
+    """The figures that are fitted and projected, by size."""
+    sizes = sorted(per_size)
+    rows = [
+        ("index build, s (2 threads)", ("index", "result", "seconds")),
+        ("index size, MB", ("index", "result", "index_mb")),
+        ("index stage peak RSS, MB", ("index", "peak_tree_rss_mb")),
+        ("Lucene k=10 latency p50, ms", ("lucene", "result", "k=10", "latency_1_thread", "p50_ms")),
+        ("Lucene k=10 latency p99, ms", ("lucene", "result", "k=10", "latency_1_thread", "p99_ms")),
+        ("Lucene k=10 QPS, 1 thread", ("lucene", "result", "k=10", "qps_1_threads")),
+        ("Lucene k=10 QPS, 2 threads", ("lucene", "result", "k=10", "qps_2_threads")),
+        ("Lucene k=1000 latency p50, ms", ("lucene", "result", "k=1000", "latency_1_thread", "p50_ms")),
+        ("Lucene k=1000 latency p99, ms", ("lucene", "result", "k=1000", "latency_1_thread", "p99_ms")),
+        ("Lucene k=1000 QPS, 1 thread", ("lucene", "result", "k=1000", "qps_1_threads")),
+        ("Lucene k=1000 QPS, 2 threads", ("lucene", "result", "k=1000", "qps_2_threads")),
+        ("Lucene search stage peak RSS, MB", ("lucene", "peak_tree_rss_mb")),
+        ("Seismic build, s", ("seismic", "result", "build_seconds")),
+        ("Seismic stage peak RSS, MB", ("seismic", "peak_tree_rss_mb")),
+        ("Seismic k=10 latency p50, ms", ("seismic", "result", "k=10", "0", "latency_1_thread", "p50_ms")),
+        ("Seismic recall@10", ("seismic", "result", "k=10", "0", "recall@10")),
+        ("BMP build, s", ("bmp", "result", "build_seconds")),
+        ("BMP stage peak RSS, MB", ("bmp", "peak_tree_rss_mb")),
+        ("BMP k=10 latency p50, ms (exact mode)", ("bmp", "result", "k=10", "0", "latency_1_thread", "p50_ms")),
+        ("BMP recall@10 (exact mode)", ("bmp", "result", "k=10", "0", "recall@10")),
+    ]
+    out = []
+    for label, path in rows:
+        values = {}
+        for n in sizes:
+            value: Any = per_size[n]
+            for key in path:
+                if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+                    value = value[int(key)]
+                elif isinstance(value, dict) and key in value:
+                    value = value[key]
+                else:
+                    value = None
+                    break
+            values[n] = value if isinstance(value, (int, float)) else None
+        if any(v is not None for v in values.values()):
+            out.append((label, values))
+    return out
+
+
+def fit_row(label: str, sizes: list[int], values: list[float | None]) -> dict[str, float] | None:
+    """The growth fit of one figure; throughput is fitted as seconds per query, then inverted."""
+    if "recall" in label:
+        return None
+    if "QPS" not in label:
+        return power_fit(sizes, values)
+    fit = power_fit(sizes, [1 / v if v else None for v in values])
+    if fit is None:
+        return None
+    linear = fit["linear_projected_8.8M"]
+    return {**fit, "exponent": -fit["exponent"], "projected_8.8M": 1 / fit["projected_8.8M"],
+            "linear_projected_8.8M": 1 / linear if linear > 0 else float("nan")}
+
+
+def growth_table(per_size: dict[int, dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    sizes = sorted(per_size)
+    rows, lines = [], []
+    head = ["figure", *[f"{n:,}" for n in sizes], "growth exponent", "8.8M (power law)", "8.8M (linear)"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for label, values in figure_rows(per_size):
+        fit = fit_row(label, sizes, [values[n] for n in sizes])
+        row: dict[str, Any] = {"figure": label, "by_size": {str(n): values[n] for n in sizes}}
+        if fit:
+            row.update(growth_exponent=fit["exponent"], projected_8_8M_power_law=round(fit["projected_8.8M"], 2),
+                       projected_8_8M_linear=round(fit["linear_projected_8.8M"], 2),
+                       linear_intercept=round(fit["linear_intercept"], 3),
+                       linear_per_million=round(fit["linear_per_million"], 3))
+        rows.append(row)
+        cells = [("" if values[n] is None else f"{values[n]:,.4g}") for n in sizes]
+        tail = ([f"{fit['exponent']:.2f}", f"{fit['projected_8.8M']:,.4g}",
+                 f"{fit['linear_projected_8.8M']:,.4g}" if fit["linear_projected_8.8M"] > 0 else "n/a"]
+                if fit else ["", "", ""])
+        lines.append("| " + " | ".join([label, *cells, *tail]) + " |")
+    return rows, "\n".join(lines)
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+
+def link_collection(parts: Path, documents: int, part_size: int, folder: Path) -> list[Path]:
+    """A collection folder of the first ``documents`` synthetic documents: whole parts as hard links
+    (no copy; Anserini sees plain files), a remainder as a copy of the next part's first lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    full, rest = divmod(documents, part_size)
+    wanted = [f"part-{i:05d}.jsonl" for i in range(full + (1 if rest else 0))]
+    for stale in folder.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    for name in wanted[:full]:
+        if not (folder / name).exists():
+            os.link(parts / name, folder / name)
+    if rest and not (folder / wanted[-1]).exists():
+        temp = folder.parent / f".{folder.name}.{wanted[-1]}.tmp"
+        with open(parts / wanted[-1], "rb") as src, open(temp, "wb") as out:
+            for _, line in zip(range(rest), src):
+                out.write(line)
+        os.replace(temp, folder / wanted[-1])
+    return [folder / name for name in wanted]
+
+
+def concatenate(files: list[Path], target: Path) -> None:
+    """One JSONL file of the collection (Seismic builds from a single file)."""
+    if target.exists():
+        return
+    temp = target.with_name(f".{target.name}.tmp")
+    with open(temp, "wb") as out:
+        for name in files:
+            with open(name, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 22)
+    os.replace(temp, target)
+
+
+def main() -> int:
+    parser = common.parser(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--dev-queries", type=int, default=200, help="dev-small queries used (all DL19 ones are)")
+    parser.add_argument("--threads", type=int, default=2, help="indexing threads; search runs with 1 and this many")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="write the result from stages already measured; run nothing new")
+    parser.add_argument("--part-size", type=int, default=None,
+                        help="documents per generated file (default 100,000; smoke 1,000)")
+    parser.add_argument("--index-only", type=int, nargs="*", default=[],
+                        help="sizes at which only the index is built and measured (no search)")
+    parser.add_argument("--engines", nargs="*", default=["seismic", "bmp"], help="peers to run beside Lucene")
+    parser.add_argument("--engine-sizes", type=int, nargs="*", default=None,
+                        help="sizes at which the peers run (default: all)")
+    parser.add_argument("--verify-documents", type=int, default=None,
+                        help="synthetic documents read back for the 10%% check (default: the largest size, at most 100k)")
+    parser.add_argument("--work", type=Path, default=None, help="artifact folder (default bench/results/work/scale)")
+    parser.add_argument("--real", type=Path, default=None,
+                        help="a finished encode-stage collection of the same corpus (splade-tiny, max, scale 100) "
+                             "to copy instead of encoding the passages again")
+    parser.add_argument("--lock", default=None, help="flock this file around each timed stage (e.g. /tmp/bench.lock)")
+    parser.add_argument("--lock-wait", type=float, default=None,
+                        help="seconds to wait for --lock before running a stage without it (recorded)")
+    parser.add_argument("--stage", help=argparse_hidden())
+    parser.add_argument("--stage-args", help=argparse_hidden())
+    parser.add_argument("--stage-out", help=argparse_hidden())
+    args = parser.parse_args()
+    if args.stage:
+        sys.path.insert(0, str(HERE.parent))
+        return child_main(args.stage, args.stage_args, args.stage_out)
+
+    smoke = args.smoke
+    LOCK_WAIT[0] = args.lock_wait
+    CACHED_ONLY[0] = args.cached_only
+    if smoke:
+        args.sizes, args.dev_queries = [1000, 2000], 5
+        args.engine_sizes = args.engine_sizes or [2000]
+    sizes = sorted(set(args.sizes))
+    part_size = args.part_size or (1000 if smoke else 100_000)
+    work = Path(args.work) if args.work else (Path(args.results) / "work" / "scale-smoke" if smoke
+                                              else common.RESULTS / "work" / "scale")
+    work.mkdir(parents=True, exist_ok=True)
+    if not MSMARCO.is_file():
+        raise SystemExit(f"scale.py: {MSMARCO} not found (set SPLADE_DATASETS)")
+
+    corpus = MSMARCO
+    if smoke:
+        corpus = work / "collection-head.tsv"
+        if not corpus.exists():
+            with open(MSMARCO, encoding="utf-8") as src:
+                corpus.write_text("".join(line for _, line in zip(range(30), src)), encoding="utf-8")
+    real = work / "real"
+    stages: dict[str, Any] = {}
+    if args.real:
+        stages["encode"] = run_stage(work, "adopt", "adopt", {"source": str(Path(args.real).resolve()),
+                                                              "output": str(real), "corpus": str(corpus)})
+    else:
+        stages["encode"] = run_stage(work, "encode", "encode", {"corpus": str(corpus), "output": str(real),
+                                                                "shard_size": 2000 if not smoke else 15})
+    shards = sorted(p.name for p in (real / "vectors").glob("part-*.jsonl"))
+    if not shards:
+        raise SystemExit(f"scale.py: no finished shard in {real / 'vectors'}")
+    stages["profile"] = run_stage(work, "profile", "profile", {"collection": str(real), "shards": shards,
+                                                               "profile": str(work / "profile.npz"),
+                                                               "weights": str(work / "weights.npy")})
+    parts = work / "parts"
+    stages["generate"] = run_stage(work, "generate", f"generate-{sizes[-1]}",
+                                   {"profile": str(work / "profile.npz"), "weights": str(work / "weights.npy"),
+                                    "parts": str(parts), "part_size": part_size,
+                                    "count": -(-sizes[-1] // part_size), "workers": args.threads})
+    if not stages["generate"]["result"].get("documents_made"):  # parts made by an earlier run: its throughput
+        made = [json.loads(p.read_text()) for p in (work / "stages").glob("generate-*.json")]
+        made = [m for m in made if m["result"]["documents_made"]]
+        if made:
+            stages["generate"] = max(made, key=lambda m: m["result"]["documents_made"])
+    verify_docs = args.verify_documents or min(sizes[-1], 100_000)
+    verify_files = [str(parts / f"part-{i:05d}.jsonl") for i in range(max(1, verify_docs // part_size))]
+    stages["verify"] = run_stage(work, "verify", f"verify-{verify_docs}",
+                                 {"profile": str(work / "profile.npz"), "files": verify_files})
+
+    topics = [["dev", str(TOPICS / "dev-small.jsonl"), args.dev_queries],
+              ["dl19", str(TOPICS / "dl19.jsonl"), 2 if smoke else 10_000]]
+    queries = work / "queries.jsonl"
+    stages["queries"] = run_stage(work, "queries", f"queries-{args.dev_queries}",
+                                  {"topics": topics, "output": str(queries),
+                                   "repeat_single": 5 if smoke else 100}, args.lock, timed=True)
+    # Queries are short: one torch thread is their natural setting (and the 1-thread search's match).
+    stages["query_encoding_1_thread"] = run_stage(work, "queries", f"query-encoding-1-thread-{args.dev_queries}",
+                                                  {"topics": topics, "output": None,
+                                                   "repeat_single": 5 if smoke else 100, "threads": 1},
+                                                  args.lock, timed=True)
+    per_size: dict[int, dict[str, Any]] = {}
+    engine_sizes = set(args.engine_sizes if args.engine_sizes is not None else sizes)
+    for n in sizes:
+        files = link_collection(parts, n, part_size, work / "collections" / str(n))
+        entry: dict[str, Any] = {}
+        entry["index"] = run_stage(work, "index", f"index-{n}",
+                                   {"collection": str(work / "collections" / str(n)),
+                                    "index": str(work / "indexes" / str(n)), "threads": args.threads},
+                                   args.lock, timed=True)
+        if "index_bytes" in entry["index"]["result"]:
+            entry["index"]["result"]["index_mb"] = round(entry["index"]["result"]["index_bytes"] / 2**20, 1)
+        if n in args.index_only:
+            per_size[n] = entry
+            continue
+        exact = work / "exact" / f"{n}-{args.dev_queries}.json"
+        entry["lucene"] = run_stage(work, "lucene", f"lucene-{n}-{args.dev_queries}",
+                                    {"index": str(work / "indexes" / str(n)), "queries": str(queries),
+                                     "ks": [10, 1000], "threads": sorted({1, args.threads}),
+                                     "exact": str(exact), "warmup": 5 if smoke else 100}, args.lock, timed=True)
+        if n in engine_sizes and "seismic" in args.engines:
+            jsonl = work / "seismic" / f"{n}.jsonl"
+            label, stage_args = f"seismic-{n}-{args.dev_queries}", {
+                "jsonl": str(jsonl), "queries": str(queries), "exact": str(exact),
+                "threads": sorted({1, args.threads})}
+            if not (cached(work, label, stage_args) or args.cached_only):
+                jsonl.parent.mkdir(parents=True, exist_ok=True)
+                concatenate(files, jsonl)
+            entry["seismic"] = run_stage(work, "seismic", label, stage_args, args.lock, timed=True)
+            jsonl.unlink(missing_ok=True)  # a copy of the collection; the parts stay
+        if n in engine_sizes and "bmp" in args.engines:
+            entry["bmp"] = run_stage(work, "bmp", f"bmp-{n}-{args.dev_queries}",
+                                     {"files": [str(f) for f in files], "index": str(work / "bmp" / f"{n}.bmp"),
+                                      "queries": str(queries), "exact": str(exact),
+                                      "max_impact": stages["profile"]["result"]["max_impact"]},
+                                     args.lock, timed=True)
+        per_size[n] = entry
+
+    rows, table = growth_table(per_size)
+    print(table, file=sys.stderr)
+    result = {
+        "sizes": sizes, "part_size": part_size, "target_documents": TARGET,
+        "real_collection": {"corpus": str(MSMARCO if not smoke else corpus), **stages["encode"]["result"]},
+        "profile": stages["profile"]["result"],
+        "synthetic_vs_real": stages["verify"]["result"],
+        "stages": {name: {k: v for k, v in record.items() if k != "args"} for name, record in stages.items()},
+        "by_size": {str(n): {name: {k: v for k, v in record.items() if k != "args"} for name, record in entry.items()}
+                    for n, entry in per_size.items()},
+        "growth": rows, "growth_table": table,
+        "notes": ["Lucene latency is one query at a time through pipeline.search.ImpactSearcher (Anserini "
+                  "SimpleImpactSearcher via pyjnius, hits converted to Python); QPS is its batch_search over "
+                  "all queries with 1 and 2 threads.",
+                  "Exact top 10 = Lucene's impact search (exhaustive, ties by document id); recall@10_ties counts "
+                  "a hit as correct when its score reaches the exact 10th score.",
+                  "BMP needs 8-bit impacts: its index holds impacts requantised to 1..255, so its exact mode is "
+                  "exact for those, not for the original integers.",
+                  "Peak RSS: peak_rss_mb is ru_maxrss of the stage's largest process (wait4); peak_tree_rss_mb "
+                  "sums the stage's process tree (psutil, sampled every 0.2 s)."],
+    }
+    common.write_result("scale", result, args, threads=args.threads)
+    return 0
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

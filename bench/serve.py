@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Search service under load on loopback: warm latency, throughput with 1 and 2 workers, memory.
+
+The service runs as its users run it (``splade-pipeline serve``, a separate process) over a SciFact
+index built with --store-raw (hits carry their text, as the page shows them), splade-tiny, one
+torch thread per worker. Clients are threads of this process, each on its own keep-alive HTTP
+connection, asking SciFact's queries in turn (encoding + search on every request, no cache).
+* latency: one client, warm, one query at a time: p50/p99 at k=10 and k=1000 (k=1000 also without
+  the documents' text), measured by the client around the whole HTTP exchange;
+* throughput: N clients for a bounded time at k=10: queries per second, p50/p99 under load, errors;
+  the same with ``--workers 2`` (two processes, each with its own JVM and model, sharing the port);
+* memory: the server's resident set (all its processes) before and after 10,000 more queries.
+The machine's load average is recorded: on a shared machine other work slows every figure.
+
+    python bench/serve.py --lock /tmp/bench.lock   # bench/results/serve.json (SciFact, 5,183 documents)
+    python bench/serve.py --smoke              # the demo corpus, seconds
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import common
+import psutil
+
+from pipeline import stages
+from pipeline.demo import DEMO_DATA
+from pipeline.readers import read_topics
+
+HOST = "127.0.0.1"
+
+
+def build_index(corpus: Path, workdir: Path) -> Path:
+    """Encode and index once (reused by later runs)."""
+    collection, index = workdir / "collections" / corpus.parent.name, workdir / "indexes" / corpus.parent.name
+    quiet = {"say": lambda text: None}
+    stages.encode(corpus, collection, threads=2, progress=False, **quiet)
+    stages.index(collection, index, threads=2, store_raw=True, **quiet)
+    return index
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``splade-pipeline serve`` in a child process, until stopped."""
+
+    def __init__(self, index: Path, workers: int):
+        self.port = free_port()
+        command = [sys.executable, "-m", "pipeline", "serve", "--index", f"bench={index}", "--port",
+                   str(self.port), "--workers", str(workers), "--threads", "1", "--quiet"]
+        start = time.perf_counter()
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"serve exited {self.process.returncode}: {self.process.stderr.read()[-2000:]}")
+            try:
+                status, _ = request(http.client.HTTPConnection(HOST, self.port, timeout=5), "/health")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.startup_s = round(time.perf_counter() - start, 2)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its worker processes."""
+        root = psutil.Process(self.process.pid)
+        return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20, 1)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def request(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def search_path(query: str, hits: int, doc: bool = True) -> str:
+    params = {"query": query, "hits": hits}
+    if not doc:
+        params["doc"] = "false"
+    return "/v1/bench/search?" + urlencode(params)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(percentile(latencies, 0.50) * 1000, 2), "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2)}
+
+
+def sequential(port: int, queries: list[str], hits: int, doc: bool = True) -> dict[str, object]:
+    """One warm client, one query at a time."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    latencies, errors, server = [], 0, {"encode": [], "search": []}
+    for query in queries:
+        start = time.perf_counter()
+        status, body = request(conn, search_path(query, hits, doc))
+        latencies.append(time.perf_counter() - start)
+        if status != 200:
+            errors += 1
+            continue
+        timing = json.loads(body)["timing_ms"]
+        for part in server:
+            server[part].append(timing[part])
+    conn.close()
+    return {"queries": len(queries), "errors": errors, **summary(latencies),
+            "server_p50_ms": {part: round(statistics.median(values), 2) for part, values in server.items() if values}}
+
+
+def load(port: int, queries: list[str], clients: int, seconds: float | None, total: int | None = None,
+         hits: int = 10) -> dict[str, object]:
+    """``clients`` threads asking in turn for ``seconds`` (or until ``total`` queries are answered)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    counter = iter(range(10**12))
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds if seconds else None
+
+    def client(slot: int) -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        while True:
+            with lock:
+                n = next(counter)
+            if (stop_at and time.perf_counter() >= stop_at) or (total is not None and n >= total):
+                break
+            start = time.perf_counter()
+            try:
+                status, _ = request(conn, search_path(queries[n % len(queries)], hits, doc=False))
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+            latencies[slot].append(time.perf_counter() - start)
+            if status != 200:
+                errors[slot] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    merged = [value for values in latencies for value in values]
+    return {"clients": clients, "seconds": round(wall, 2), "queries": len(merged), "errors": sum(errors),
+            "qps": round(len(merged) / wall, 1), **summary(merged)}
+
+
+@contextlib.contextmanager
+def timed(lock: Path | None):
+    """Hold ``lock`` (flock) while figures are timed, so that timed benchmarks never overlap; the
+    memory endurance run and server start-ups happen outside it."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main() -> None:
+    parser = common.parser(__doc__)
+    parser.add_argument("--dataset", type=Path, default=common.DATASETS / "scifact")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients for throughput (default 4)")
+    parser.add_argument("--seconds", type=float, default=20, help="length of each throughput run (default 20)")
+    parser.add_argument("--latency-queries", type=int, default=500, help="sequential queries per k (default 500)")
+    parser.add_argument("--rss-queries", type=int, default=10_000, help="queries between memory readings")
+    parser.add_argument("--workdir", type=Path, default=common.RESULTS / "work" / "serve")
+    parser.add_argument("--lock", type=Path, default=None,
+                        help="flock this file around the timed parts (e.g. /tmp/bench.lock on a shared machine)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
+    if args.smoke:
+        corpus, topics = DEMO_DATA / "corpus.jsonl", DEMO_DATA / "queries.jsonl"
+        args.clients, args.seconds, args.latency_queries, args.rss_queries = 2, 2, 20, 100
+        args.workdir = args.results / "work-serve"
+    else:
+        corpus, topics = args.dataset / "corpus.jsonl", args.dataset / "queries.jsonl"
+    queries = list(read_topics(topics).values())
+    index = build_index(corpus, args.workdir)
+    record = json.loads((index / "splade-pipeline.json").read_text())
+    loadavg_before = os.getloadavg()
+
+    result: dict[str, object] = {"dataset": corpus.parent.name, "documents": record["documents"],
+                                 "postings_per_doc": record.get("postings", {}).get("mean_per_doc"),
+                                 "query_pool": len(queries), "encoder": "splade-tiny", "torch_threads_per_worker": 1}
+    server = Server(index, workers=1)
+    try:
+        result["startup_s"] = {"1_worker": server.startup_s}
+        sequential(server.port, queries[:max(20, args.latency_queries // 5)], 10)  # warm the JIT and caches
+        rss_before = server.rss_mb()
+        with timed(args.lock):
+            loads = [round(os.getloadavg()[0], 2)]
+            result["latency"] = {
+                "k10": sequential(server.port, queries[:args.latency_queries], 10),
+                "k1000": sequential(server.port, queries[:args.latency_queries], 1000),
+                "k1000_without_text": sequential(server.port, queries[:args.latency_queries], 1000, doc=False)}
+            throughput = {"1_worker": load(server.port, queries, args.clients, args.seconds)}
+        done = sum(r["queries"] for r in result["latency"].values()) + throughput["1_worker"]["queries"]
+        endurance = load(server.port, queries, args.clients, None, total=max(0, args.rss_queries - done))
+        result["memory"] = {"rss_before_mb": rss_before, "rss_after_mb": server.rss_mb(),
+                            "queries_between": done + endurance["queries"], "errors": endurance["errors"]}
+    finally:
+        server.stop()
+    server = Server(index, workers=2)
+    try:
+        result["startup_s"]["2_workers"] = server.startup_s
+        load(server.port, queries, args.clients, max(1.0, args.seconds / 5))  # warm both workers
+        with timed(args.lock):
+            loads.append(round(os.getloadavg()[0], 2))
+            throughput["2_workers"] = load(server.port, queries, args.clients, args.seconds)
+        result["memory"]["rss_2_workers_mb"] = server.rss_mb()
+    finally:
+        server.stop()
+    throughput["ratio_2_to_1"] = round(throughput["2_workers"]["qps"] / max(throughput["1_worker"]["qps"], 1e-9), 2)
+    result["throughput_k10"] = throughput
+    result["errors"] = (sum(r["errors"] for r in result["latency"].values()) + result["memory"]["errors"]
+                        + throughput["1_worker"]["errors"] + throughput["2_workers"]["errors"])
+    result["loadavg"] = {"before": [round(x, 2) for x in loadavg_before], "at_timed_parts_1min": loads,
+                         "after": [round(x, 2) for x in os.getloadavg()]}
+    result["targets"] = {"p50_k10_under_10ms": result["latency"]["k10"]["p50_ms"] < 10,
+                         "p99_k10_under_50ms": result["latency"]["k10"]["p99_ms"] < 50,
+                         "two_workers_at_least_1.6x": throughput["ratio_2_to_1"] >= 1.6,
+                         "zero_errors": result["errors"] == 0}
+    common.write_result("serve", result, args, threads=1)
+
+
+if __name__ == "__main__":
+    main()

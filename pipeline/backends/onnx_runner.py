@@ -1,0 +1,158 @@
+"""The int8 CPU backends: ONNX Runtime or OpenVINO over a dynamically quantised ONNX graph.
+
+Export (once per checkpoint, cached): the masked LM with its decoder made an identity is exported
+by ``torch.onnx`` (inputs ``input_ids``/``attention_mask``, output the MLM head's transformed states,
+``texts x length x hidden``); ONNX Runtime's transformer optimiser fuses GELU and layer norms;
+``onnxruntime.quantization.quantize_dynamic`` turns every weight matrix into int8 (one scale per
+matrix) with activations quantised per batch at run time. Softmax, layer norms and GELU stay fp32,
+and so does the vocabulary projection (``pipeline.projection``'s exact tiled kernel): it decides
+which terms clear the ReLU threshold, and an int8 projection with one activation scale per block of
+tokens adds its own error there. One weight scale per matrix gave smaller errors than per-channel
+scales here (ONNX Runtime's u8s8 kernels on AVX2 without VNNI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import models
+from pipeline.errors import PipelineError
+
+RECIPE = "int8-v2"  # bump when the export or quantisation recipe changes: the cache key includes it
+GRAPH = "model.int8.onnx"
+
+
+def _need(module: str, backend: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PipelineError(f"--backend {backend} needs {module.split('.')[0]} installed "
+                            "(pip install 'splade-pipeline[int8]')") from None
+
+
+def exported_graph(model: models.ModelRef, mlm, backend: str) -> Path:
+    """The cached int8 graph for ``model``, exported and quantised on first use."""
+    folder = models.cache_dir(model, f"onnx-{RECIPE}")
+    target = folder / GRAPH
+    if target.is_file():
+        return target
+    _need("onnx", backend)
+    _need("onnxruntime", backend)
+    work = folder / f".export-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        plain = _export(mlm, work / "model.onnx")
+        fused = _optimise(plain, mlm.config, work / "model.fused.onnx")
+        _quantise(fused, work / GRAPH)
+        (work / "recipe.json").write_text(json.dumps({"recipe": RECIPE, "model": model.describe()}, indent=2))
+        os.replace(work / GRAPH, target)
+        os.replace(work / "recipe.json", folder / "recipe.json")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _export(mlm, path: Path) -> Path:
+    import torch
+
+    class Transformed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    wrapper = Transformed(mlm.to("cpu").float().eval())
+    sample = (torch.ones((2, 16), dtype=torch.long), torch.ones((2, 16), dtype=torch.long))  # shapes only
+    axes = {0: "texts", 1: "tokens"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, sample, str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["hidden"], opset_version=18, dynamo=True, optimize=True,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes})
+    return path
+
+
+def _optimise(path: Path, config, output: Path) -> Path:
+    """ONNX Runtime's BERT fusions (attention, skip layer norm, GELU); the plain graph if they fail."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimised = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
+                                       hidden_size=config.hidden_size, opt_level=1)
+            optimised.save_model_to_file(str(output))
+        return output
+    except Exception:  # an architecture the optimiser does not know: quantise the plain graph
+        return path
+
+
+def _quantise(path: Path, output: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(path), str(output), weight_type=QuantType.QInt8, per_channel=False,
+                         reduce_range=False)
+
+
+class OrtRunner:
+    """ONNX Runtime session over the int8 graph."""
+
+    precision = "int8"
+
+    def __init__(self, graph: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    def hidden(self, input_ids, mask):
+        import torch
+
+        (out,) = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})
+        return torch.from_numpy(out)
+
+
+class OpenVinoRunner(OrtRunner):
+    """OpenVINO compiling the same quantised graph for the CPU."""
+
+    def __init__(self, graph: Path, threads: int):
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        self.request = compiled.create_infer_request()
+
+    def hidden(self, input_ids, mask):
+        import torch
+
+        result = self.request.infer({"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})
+        return torch.from_numpy(np.array(next(iter(result.values()))))
+
+
+def load_int8(backend: str, model: models.ModelRef, mlm, threads: int):
+    """A runner for ``backend`` (``onnx`` or ``openvino``) over the cached int8 graph."""
+    graph = exported_graph(model, mlm, backend)
+    if backend == "openvino":
+        _need("openvino", backend)
+        return OpenVinoRunner(graph, threads)
+    return OrtRunner(graph, threads)
+
+

@@ -1,0 +1,228 @@
+"""What the service serves, without HTTP: warm indexes, their query encoders, search and explanation.
+
+Each index is opened once with its own query encoder: the model, pooling, scale, maximum length
+and backend recorded in the index (``splade-pipeline.json``), chosen as the search stage chooses
+them. Indexes built with the same model and settings share one loaded model.
+
+Sharing between request threads: one in-process JVM serves every thread; pyjnius attaches each
+thread to it on first use and releases the GIL while Java runs. One ``SimpleImpactSearcher`` per
+index is shared by all threads (Lucene's ``IndexSearcher`` is thread-safe, and Anserini's own
+``batch_search`` calls it from a pool). One torch model per encoder is shared too: the forward
+pass keeps no state and torch releases the GIL inside its kernels. Only tokenisation holds a lock,
+because a Hugging Face fast tokenizer's settings are mutated per call and must not be borrowed by
+two threads at once; it takes tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from pipeline import jvm, stages
+from pipeline.encoder import SpladeEncoder
+from pipeline.errors import PipelineError
+from pipeline.explain import explain, highlights, token_spans
+from pipeline.search import Hit, ImpactSearcher, index_record, require_index
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SETTINGS = ("pooling", "scale", "max_length", "postings", "counters")
+
+
+class WarmSearcher(ImpactSearcher):
+    """An ImpactSearcher for one query at a time on the calling thread.
+
+    ``ImpactSearcher`` batches through Anserini's ``batch_search``, which starts a Java thread pool
+    per call; a service already runs requests on many threads, so a single query is searched
+    directly. Batches still go through the pool. Tie handling is inherited unchanged.
+    """
+
+    def __init__(self, index: Path):
+        super().__init__(index)
+        self._json = jvm.autoclass("com.fasterxml.jackson.databind.ObjectMapper")()  # thread-safe once built
+
+    def _query(self, terms: dict[str, int]):
+        """The query as a Java ``Map<String, Integer>`` in one call (Jackson reads small integers as
+        Integer), instead of two calls through pyjnius per term."""
+        return self._json.readValue(json.dumps(terms), self._map)
+
+    def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
+        if len(queries) != 1:
+            return super()._batch(queries, depth, threads)
+        (qid, terms), = queries.items()
+        found = self._searcher.search(self._query(terms), depth)
+        return {qid: [(hit.docid, float(round(hit.score))) for hit in found]}
+
+    def lucene_id(self, docid: str) -> int:
+        """Lucene's internal number of a document, or -1 when the index has no such id."""
+        return int(jvm.autoclass("io.anserini.index.IndexReaderUtils").convertDocidToLuceneDocid(
+            self._searcher.reader, docid))
+
+    def impacts(self, docid: str, terms: Iterable[str]) -> dict[str, int]:
+        """The document's impact for each of ``terms``, read from the postings (no stored text needed)."""
+        lucene_id = self.lucene_id(docid)
+        if lucene_id < 0:
+            return {}
+        multi_terms = jvm.autoclass("org.apache.lucene.index.MultiTerms")
+        bytes_ref = jvm.autoclass("org.apache.lucene.util.BytesRef")
+        found = {}
+        for term in terms:
+            postings = multi_terms.getTermPostingsEnum(self._searcher.reader, "contents",
+                                                       bytes_ref(term.encode("utf-8")))
+            if postings is not None and postings.advance(lucene_id) == lucene_id:
+                found[term] = int(postings.freq())
+        return found
+
+
+class QueryEncoder:
+    """One loaded SPLADE model, shared by the indexes built with it."""
+
+    def __init__(self, encoder: SpladeEncoder):
+        self.encoder = encoder
+        self._tokenizer_lock = threading.Lock()
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        with self._tokenizer_lock:
+            return self.encoder.tokenize(texts)
+
+    def spans(self, text: str) -> list[tuple[str, int, int]]:
+        with self._tokenizer_lock:
+            return token_spans(self.encoder.tokenizer, text)
+
+    def encode(self, texts: Sequence[str], scale: float, batch_size: int = 32) -> list[dict[str, int]]:
+        """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
+        vectors = self.encoder.encode_ids(self.tokenize(texts), batch_size)
+        return [self.encoder.to_terms(vector, scale) for vector in vectors]
+
+
+@dataclass
+class ServedIndex:
+    """A warm index: its searcher, its query encoder and what its record says."""
+
+    name: str
+    searcher: WarmSearcher
+    encoder: QueryEncoder
+    record: dict[str, Any]
+    scale: float
+    stores_text: bool
+    threads: int = 1
+    documents: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.documents = self.searcher.documents
+
+    def describe(self) -> dict[str, Any]:
+        """Name, size, encoder and settings; no file-system paths."""
+        encoder = self.record.get("encoder") or {}
+        return {"name": self.name, "documents": self.documents, "stores_text": self.stores_text,
+                "encoder": {key: encoder[key] for key in ("name", "fingerprint", "backend", "precision")
+                            if key in encoder} or None,
+                **{key: self.record[key] for key in SETTINGS if key in self.record}}
+
+    def encode(self, texts: Sequence[str]) -> list[dict[str, int]]:
+        return self.encoder.encode(texts, self.scale)
+
+    def search(self, queries: dict[str, dict[str, int]], hits: int) -> dict[str, list[Hit]]:
+        return self.searcher.search(queries, hits, threads=self.threads)
+
+    def stored(self, docid: str) -> dict[str, Any] | None:
+        """The document as stored (parsed JSON), or None when the index keeps no raw documents."""
+        raw = self.searcher.raw(docid) if self.stores_text else None
+        if raw is None:
+            return None
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            return {"raw": raw}
+        return parsed if isinstance(parsed, dict) else {"raw": parsed}
+
+    def has(self, docid: str) -> bool:
+        return self.searcher.lucene_id(docid) >= 0
+
+    def explain_hit(self, query_terms: dict[str, int], query_tokens: set[str] | None, docid: str,
+                    stored: dict[str, Any] | None) -> dict[str, Any]:
+        """Per-term contributions of one hit, expansion marks, and where matched terms sit in its text."""
+        vector = stored.get("vector") if stored else None
+        if isinstance(vector, dict):
+            impacts = {term: int(vector[term]) for term in query_terms if term in vector}
+        else:
+            impacts = self.searcher.impacts(docid, query_terms)
+        text = stored.get("contents") if stored else None
+        spans = self.encoder.spans(text) if isinstance(text, str) else None
+        doc_tokens = {token for token, _, _ in spans} if spans is not None else None
+        terms = explain(query_terms, query_tokens, impacts, doc_tokens)
+        return {"terms": [{"term": term, "query_weight": query_terms[term], "doc_impact": impacts[term],
+                           "contribution": value, "expansion": mark} for term, value, mark in terms],
+                "total": sum(value for _, value, _ in terms),
+                "highlights": [list(span) for span in highlights(spans, {t for t, _, _ in terms})]
+                if spans is not None else None}
+
+    def query_tokens(self, text: str) -> set[str]:
+        return {token for token, _, _ in self.encoder.spans(text)}
+
+    def close(self) -> None:
+        self.searcher.close()
+
+
+def index_names(paths: Sequence[str]) -> dict[str, Path]:
+    """``PATH`` or ``NAME=PATH`` values to ``{name: path}``; a bare path is named by its folder."""
+    named: dict[str, Path] = {}
+    for value in paths:
+        name, sep, path = value.partition("=")
+        if not sep or not NAME.match(name):
+            name, path = Path(value.rstrip("/")).name, value
+        if not NAME.match(name):
+            raise PipelineError(f"--index {value}: name {name!r} must be letters, digits, '.', '_' or '-' "
+                                "(use NAME=PATH)")
+        if name in named:
+            raise PipelineError(f"--index {value}: two indexes named {name!r} (use NAME=PATH)")
+        named[name] = Path(path)
+    if not named:
+        raise PipelineError("serve needs at least one --index")
+    return named
+
+
+def check_indexes(indexes: dict[str, Path]) -> None:
+    """Fail before anything loads when a path is not a Lucene index."""
+    for path in indexes.values():
+        require_index(path)
+
+
+def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[str, ServedIndex]:
+    """Start the JVM, open each index and load each distinct query encoder once."""
+    check_indexes(indexes)
+    jvm.start()
+    encoders: dict[tuple, QueryEncoder] = {}
+    served: dict[str, ServedIndex] = {}
+    try:
+        for name, path in indexes.items():
+            record = index_record(path) or {}
+            model = stages._index_model(record)
+            pooling, max_length = record.get("pooling", "max"), record.get("max_length", 512)
+            backend, precision = stages._query_backend(record, None, None)  # as the search stage chooses
+            key = (model.fingerprint, pooling, max_length, backend, precision)
+            if key not in encoders:
+                encoders[key] = QueryEncoder(stages.load_encoder(model, pooling, max_length, threads or 1,
+                                                                 None, precision, backend))
+            searcher = WarmSearcher(path)
+            stores_text = searcher.documents > 0 and searcher._searcher.doc_raw(0) is not None
+            served[name] = ServedIndex(name, searcher, encoders[key], record, record.get("scale", 100),
+                                       stores_text, threads or 1)
+    except BaseException:
+        close_indexes(served)
+        raise
+    return served
+
+
+def close_indexes(served: dict[str, ServedIndex]) -> None:
+    for index in served.values():
+        index.close()
+    served.clear()
+
+
+def elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,84 @@
+"""Trainer callbacks: ``--max-minutes`` as a resumable stop, and ``train_log.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pipeline.training.objectives import Regulariser
+
+
+class Deadline(TrainerCallback):
+    """After ``minutes`` of training, save a checkpoint at the end of the current step and stop.
+
+    The same command run again resumes from that checkpoint, so a time budget never loses work.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.deadline = time.monotonic() + 60 * minutes
+        self.reached = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.deadline:
+            self.reached = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class TrainLog(TrainerCallback):
+    """One JSON line per optimiser step: losses, lambdas, learning rate and postings per query and document.
+
+    The trainer logs every step (``logging_steps=1``); ``loss`` is the total, ``ranking`` the ranking
+    loss, ``reg_q``/``reg_d`` the unweighted regularisers, ``postings_q``/``postings_d`` the mean
+    number of non-zero terms per query and per document in the step's batches.
+    """
+
+    def __init__(self, path: Path, query: Regulariser, document: Regulariser, progress: bool = True) -> None:
+        self.path = Path(path)
+        self.query, self.document = query, document
+        self.progress = progress
+        self.bar = None
+        self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm import tqdm
+
+        if self.progress and state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", desc="train")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def truncate(self, step: int) -> None:
+        """Keep the records up to ``step`` (a resumed run replays what came after its checkpoint)."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or not state.is_world_process_zero:
+            return
+        q, d = self.query.take(), self.document.take()
+        record = {"step": state.global_step, "loss": logs["loss"], "ranking": logs.get("base_loss"),
+                  "reg_q": q["value"], "reg_d": d["value"], "lambda_q": logs.get("query_regularizer_weight"),
+                  "lambda_d": logs.get("document_regularizer_weight"), "learning_rate": logs.get("learning_rate"),
+                  "postings_q": q["postings"], "postings_d": d["postings"]}
+        record = {key: (round(value, 6) if isinstance(value, float) else value) for key, value in record.items()}
+        self.last = record
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", q=f"{q['postings']:.0f}", d=f"{d['postings']:.0f}")
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
