@@ -113,6 +113,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def summary(latencies: list[float]) -> dict[str, float]:
+    if not latencies:  # a phase with nothing left to do (e.g. the RSS top-up in smoke mode)
+        return {}
     return {"p50_ms": round(percentile(latencies, 0.50) * 1000, 2), "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
             "mean_ms": round(statistics.fmean(latencies) * 1000, 2)}
 
@@ -173,7 +175,7 @@ def load(port: int, queries: list[str], clients: int, seconds: float | None, tot
     wall = time.perf_counter() - start
     merged = [value for values in latencies for value in values]
     return {"clients": clients, "seconds": round(wall, 2), "queries": len(merged), "errors": sum(errors),
-            "qps": round(len(merged) / wall, 1), **summary(merged)}
+            "qps": round(len(merged) / wall, 1) if wall > 0 else 0.0, **summary(merged)}
 
 
 @contextlib.contextmanager

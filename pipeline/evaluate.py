@@ -200,12 +200,12 @@ def evaluate_files(run_path: Path, qrels_path: Path, metrics: list[str] | None =
     names, preset_level = PRESETS[preset]
     measures = [parse_measure(m) for m in (metrics or names)]
     level = preset_level if level is None else level
-    warn(f"preset {preset} ({' '.join(names)} at level {preset_level}; {reason}); "
-         f"measuring {' '.join(m.name for m in measures)} at level {level}")
     shared = set(run) & set(qrels)
     if not shared:
         raise InputError(run_path, f"none of its {len(run)} query ids appears in the qrels {qrels_path} "
                                    f"(run ids like {sorted(run)[:3]}, qrels ids like {sorted(qrels)[:3]})")
+    warn(f"preset {preset} ({' '.join(names)} at level {preset_level}; {reason}); "
+         f"measuring {' '.join(m.name for m in measures)} at level {level}")
     if len(shared) < len(run):
         warn(f"note: {len(run) - len(shared)} of {len(run)} run queries have no judgments and are not scored")
     if complete and len(shared) < len(qrels):
