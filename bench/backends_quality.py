@@ -5,7 +5,8 @@ For each dataset, the same documents and queries are encoded by every encoder co
 fp32, the exact reference; onnx and openvino int8; torch bf16 on the CPU), then ranked two ways
 without Lucene: the float vectors by brute-force dot product (``pipeline.reference``) and the
 quantised impacts (scale 100) by the same dot product over integers, which is what the Lucene
-impact index computes. Reported: nDCG@10 and R@100 for each, the change against fp32, the largest
+impact index computes. A hit whose id is the query's is dropped by the project's default rule
+(``--remove-query auto``, as ``splade-pipeline run``), the same for every encoder. Reported: nDCG@10 and R@100 for each, the change against fp32, the largest
 weight error and the share of quantised impacts that differ from fp32's.
 
 ``--documents N`` restricts each corpus to every document judged for the queries used plus the
@@ -13,6 +14,7 @@ first others up to N (the same subset for every encoder, so differences stay com
 ``--queries N`` takes the first N judged queries. Without them, whole datasets.
 
     python bench/backends_quality.py --datasets scifact cacm arguana      # backends_quality.json
+    python bench/backends_quality.py --documents 1000 --queries 300 --encoders torch:fp32 onnx:int8 openvino:int8
     python bench/backends_quality.py --smoke
 """
 
@@ -29,12 +31,12 @@ from pipeline import models
 from pipeline.demo import DEMO_DATA
 from pipeline.encoder import SparseVector, SpladeEncoder, quantise
 from pipeline.evaluate import evaluate, parse_measure
-from pipeline.experiment import dataset_files, judged_topics
+from pipeline.experiment import dataset_files, judged_topics, self_hit_rule
 from pipeline.readers import read_corpus, read_qrels
 from pipeline.reference import exact_run
 
 SCALE = 100
-REMOVE_QUERY = {"arguana": True, "scifact": True, "cacm": False, "demo": False}
+HITS = 100
 
 
 def quantised(vectors: list[SparseVector]) -> list[SparseVector]:
@@ -57,7 +59,21 @@ def subset(dataset, documents: int | None, queries: int | None):
         others = [doc for doc in docs if doc.id not in judged][:max(0, documents - len(judged))]
         keep = judged | {doc.id for doc in others}
         docs = [doc for doc in docs if doc.id in keep]
-    return docs, topics, {q: qrels[q] for q in topics if q in qrels}
+    return docs, topics, {q: qrels[q] for q in topics if q in qrels}, qrels_path
+
+
+def ranked(doc_ids: list[str], docs: list[SparseVector], topics: dict[str, str], queries: list[SparseVector],
+           width: int, dropping: bool | list[str]) -> dict[str, dict[str, float]]:
+    """Top ``HITS`` per query, a hit whose id is the query's dropped as ``run`` drops it.
+
+    ``dropping`` is what ``pipeline.experiment.self_hit_rule`` gives for the ``auto`` rule (the
+    project's default): ``True``/``False`` or the query ids whose self-hit is dropped, so fp32 and
+    int8 are judged under the same rule as ``splade-pipeline run``.
+    """
+    drop = set(topics) if dropping is True else set(dropping or ())
+    run = exact_run(doc_ids, docs, list(topics), queries, width, hits=HITS + 1)
+    return {q: {doc: score for doc, score in [h for h in hits if not (q in drop and h[0] == q)][:HITS]}
+            for q, hits in run.items()}
 
 
 def dense(vectors: list[SparseVector], width: int) -> np.ndarray:
@@ -88,9 +104,11 @@ def main() -> int:
                     "documents_limit": args.documents, "queries_limit": args.queries, "datasets": {}}
     for name in datasets:
         folder = DEMO_DATA if name == "demo" else common.DATASETS / name
-        docs, topics, qrels = subset(folder, args.documents, args.queries)
-        remove = REMOVE_QUERY.get(name, False)
-        entry: dict = {"documents": len(docs), "queries": len(topics), "remove_query": remove, "encoders": {}}
+        docs, topics, qrels, qrels_path = subset(folder, args.documents, args.queries)
+        dropping, relevant_self = self_hit_rule("auto", topics, qrels_path)
+        entry: dict = {"documents": len(docs), "queries": len(topics),
+                       "remove_query": {"rule": "auto", "judged_relevant_self_pairs_kept": relevant_self},
+                       "encoders": {}}
         exact_docs = None
         for spec, encoder in encoders.items():
             start = time.perf_counter()
@@ -100,9 +118,7 @@ def main() -> int:
             figures = {"encode_seconds": round(seconds, 1)}
             for label, d_vecs, q_vecs in (("float", doc_vectors, query_vectors),
                                           ("quantised", quantised(doc_vectors), quantised(query_vectors))):
-                run = exact_run([d.id for d in docs], d_vecs, list(topics), q_vecs, encoder.vocab_size, hits=100,
-                                remove_query=remove)
-                scores = {q: {doc: s for doc, s in hits} for q, hits in run.items()}
+                scores = ranked([d.id for d in docs], d_vecs, topics, q_vecs, encoder.vocab_size, dropping)
                 values, _ = evaluate(scores, qrels, measures)
                 figures[label] = {k: round(v, 4) for k, v in values.items()}
             weights = dense(doc_vectors, encoder.vocab_size)

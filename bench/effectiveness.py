@@ -103,7 +103,7 @@ def timed_splade_search(index: Path, query_terms, threads: int, remove_query: bo
     start = time.perf_counter()
     searcher = ImpactSearcher(index)
     try:
-        run = searcher.search(query_terms, 1000, threads, remove_query)
+        run, _ = searcher.search(query_terms, 1000, threads, remove_query)
     finally:
         searcher.close()
     return run, time.perf_counter() - start

@@ -3,12 +3,14 @@
 
 The service runs as its users run it (``splade-pipeline serve``, a separate process) over a SciFact
 index built with --store-raw (hits carry their text, as the page shows them), splade-tiny, one
-torch thread per worker. Clients are threads of this process, each on its own keep-alive HTTP
-connection, asking SciFact's queries in turn (encoding + search on every request, no cache).
+torch thread per worker. Each client is a keep-alive HTTP connection (``http.client``, request
+paths built beforehand) asking SciFact's queries in turn (encoding + search on every request, no cache).
 * latency: one client, warm, one query at a time: p50/p99 at k=10 and k=1000 (k=1000 also without
   the documents' text), measured by the client around the whole HTTP exchange;
 * throughput: N clients for a bounded time at k=10: queries per second, p50/p99 under load, errors;
-  the same with ``--workers 2`` (two processes, each with its own JVM and model, sharing the port);
+  the same with ``--workers 2`` (two processes, each with its own JVM and model, sharing the port).
+  The clients are threads of a separate, light process (no torch, no JVM; started before the
+  clock runs), so they cost the servers little CPU and do not share this process's GIL;
 * memory: the server's resident set (all its processes) before and after 10,000 more queries.
 The machine's load average is recorded: on a shared machine other work slows every figure.
 
@@ -21,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
+import itertools
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -30,21 +34,20 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
 import common
 import psutil
 
-from pipeline import stages
-from pipeline.demo import DEMO_DATA
-from pipeline.readers import read_topics
-
 HOST = "127.0.0.1"
 
 
 def build_index(corpus: Path, workdir: Path) -> Path:
     """Encode and index once (reused by later runs)."""
+    from pipeline import stages
+
     collection, index = workdir / "collections" / corpus.parent.name, workdir / "indexes" / corpus.parent.name
     quiet = {"say": lambda text: None}
     stages.encode(corpus, collection, threads=2, progress=False, **quiet)
@@ -140,23 +143,32 @@ def sequential(port: int, queries: list[str], hits: int, doc: bool = True) -> di
 
 def load(port: int, queries: list[str], clients: int, seconds: float | None, total: int | None = None,
          hits: int = 10) -> dict[str, object]:
-    """``clients`` threads asking in turn for ``seconds`` (or until ``total`` queries are answered)."""
+    """``clients`` connections asking in turn for ``seconds`` (or until ``total`` queries are
+    answered), from a separate process (see the module's docstring)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        pool.submit(int, 0).result()  # the client process is up before the clock starts
+        return pool.submit(load_here, port, queries, clients, seconds, total, hits).result()
+
+
+def load_here(port: int, queries: list[str], clients: int, seconds: float | None, total: int | None = None,
+              hits: int = 10) -> dict[str, object]:
+    """The load itself, on threads of the calling process."""
+    paths = [search_path(query, hits, doc=False) for query in queries]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
-    counter = iter(range(10**12))
-    lock = threading.Lock()
+    counter = itertools.count()  # next() on it is atomic under the GIL
     stop_at = time.perf_counter() + seconds if seconds else None
 
     def client(slot: int) -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=60)
         while True:
-            with lock:
-                n = next(counter)
+            n = next(counter)
             if (stop_at and time.perf_counter() >= stop_at) or (total is not None and n >= total):
                 break
             start = time.perf_counter()
             try:
-                status, _ = request(conn, search_path(queries[n % len(queries)], hits, doc=False))
+                status, _ = request(conn, paths[n % len(paths)])
             except (OSError, http.client.HTTPException):
                 status = 0
                 conn.close()
@@ -204,6 +216,9 @@ def main() -> None:
     parser.add_argument("--lock", type=Path, default=None,
                         help="flock this file around the timed parts (e.g. /tmp/bench.lock on a shared machine)")
     args = parser.parse_args()
+    from pipeline.demo import DEMO_DATA
+    from pipeline.readers import read_topics
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     if args.smoke:
         corpus, topics = DEMO_DATA / "corpus.jsonl", DEMO_DATA / "queries.jsonl"

@@ -11,6 +11,7 @@ the padded batch with masked rows on a GPU, where one batched kernel beats many 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,23 @@ def token_batches(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
     found, first = [], 0
     for index, length in enumerate(lengths):
         if index > first and (index - first + 1) * length > budget:
+            found.append((first, index))
+            first = index
+    if first < len(lengths):
+        found.append((first, len(lengths)))
+    return found
+
+
+def equal_length_batches(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Cut length-sorted texts into runs of one length only, each within ``budget`` tokens.
+
+    With no padding in a batch, attention sums over exactly a text's own tokens, so its vector is
+    bit for bit the one it gets alone (padding changes the summation order of the softmax): a query
+    encodes the same in any topics file, and the service's single queries match the search stage.
+    """
+    found, first = [], 0
+    for index, length in enumerate(lengths):
+        if index > first and (length != lengths[first] or (index - first + 1) * length > budget):
             found.append((first, index))
             first = index
     if first < len(lengths):
@@ -169,19 +187,27 @@ class SpladeEncoder:
     # -- public API ---------------------------------------------------------------------------
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
-                   on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+                   on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:
         """Encode tokenised texts; batches of length-sorted texts fill ``batch_size x max_length`` tokens.
 
-        ``on_batch`` receives the number of texts done after each batch (for progress bars).
+        ``padding=False`` (queries) batches only texts of equal length (``equal_length_batches``),
+        so each vector is exactly the text's own; documents are padded, which is faster on long,
+        varied texts. ``on_batch`` receives the number of texts done after each batch (for progress bars).
         """
         torch = self.torch
         if not token_ids:
             return []
+        if len(token_ids) == 1 and not self.placement.accelerated:
+            vector = self.encode_one(token_ids[0])
+            if on_batch:
+                on_batch(1)
+            return [vector]
         order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
         lengths = [len(token_ids[i]) for i in order]
         result: list[SparseVector | None] = [None] * len(token_ids)
+        cut = token_batches if padding else equal_length_batches
         with torch.inference_mode(), self.placement.autocast():
-            for first, last in token_batches(lengths, batch_size * self.max_length):
+            for first, last in cut(lengths, batch_size * self.max_length):
                 chosen = order[first:last]
                 vectors = self._sparse(self._pooled([token_ids[i] for i in chosen]))
                 for i, vector in zip(chosen, vectors):
@@ -190,12 +216,38 @@ class SpladeEncoder:
                     on_batch(len(chosen))
         return result  # type: ignore[return-value]
 
+    @contextlib.contextmanager
+    def one_thread(self) -> Iterator[None]:
+        """Run torch on one intra-op thread meanwhile (process-wide), as the service does by default.
+
+        Queries are encoded on one thread everywhere: with two, MKL and the attention split their
+        sums by thread and a query's weights can change in the last bit (and, rarely, an integer
+        weight) with the thread count or the batch, so the search stage would disagree with the service.
+        """
+        previous = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(previous)
+
+    def encode_one(self, token_ids: Sequence[int]) -> SparseVector:
+        """One tokenised text on the CPU, the service's case: the same computation as a batch of one
+        in ``encode_ids`` (no padding, the same projection kernel), without the batching set-up."""
+        torch = self.torch
+        with torch.inference_mode(), self.placement.autocast():
+            input_ids = torch.tensor([list(token_ids)], dtype=torch.int64)
+            hidden = self.runner.hidden(input_ids, torch.ones_like(input_ids))[0].contiguous()
+            pooled = self._project(hidden, [len(token_ids)])[0]
+            ids = torch.nonzero(pooled).flatten()
+            return SparseVector(ids.to(torch.int32).numpy(), pooled[ids].float().numpy())
+
     def encode(self, texts: Sequence[str], batch_size: int = 32,
-               on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+               on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:
         """Encode texts; the next window is tokenised in a background thread meanwhile."""
         found: list[SparseVector] = []
         for ids in self._tokenized_windows(texts):
-            found.extend(self.encode_ids(ids, batch_size, on_batch))
+            found.extend(self.encode_ids(ids, batch_size, on_batch, padding))
         return found
 
     def _tokenized_windows(self, texts: Sequence[str]) -> Iterator[list[list[int]]]:

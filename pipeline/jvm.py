@@ -107,8 +107,11 @@ _started = False
 VERBOSE = False  # set by the CLI's --verbose before the JVM starts
 
 
-def start(verbose: bool | None = None):
-    """Start (once) the in-process JVM with Anserini on the classpath; returns ``jnius``."""
+def start(verbose: bool | None = None, options: tuple[str, ...] = ()):
+    """Start (once) the in-process JVM with Anserini on the classpath; returns ``jnius``.
+
+    ``options``: more JVM options (heap, GC) for whoever starts it first; ignored once it runs.
+    """
     global _started
     import jnius_config
 
@@ -117,7 +120,7 @@ def start(verbose: bool | None = None):
         home = java_home()
         os.environ["JAVA_HOME"] = str(home)
         # -Xrs: the in-process JVM leaves SIGTERM/SIGINT to Python, so the CLI's cleanup still runs
-        jnius_config.add_options(*java_options(home, verbose), "-Xrs")
+        jnius_config.add_options(*java_options(home, verbose), "-Xrs", *options)
         jnius_config.add_classpath(str(anserini_jar()))
     import jnius
 

@@ -24,7 +24,13 @@ than that is broken among the fetched hits and counted (``ties_capped``).
 
 from __future__ import annotations
 
+import binascii
+import functools
+import json
+import numbers
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Collection, Iterable
 
@@ -38,6 +44,7 @@ FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
 TIE_DEPTH_LIMIT = 10_000  # at most this many hits beyond the cut-off are fetched to settle ties
 FLOAT32_EXACT = 2 ** 24  # integers up to here are exact float32 values
+JAVA_INT_MAX = 2 ** 31 - 1  # Anserini takes query weights as Java Integers
 
 
 def java_hits(found) -> dict[str, list[Hit]]:
@@ -61,37 +68,136 @@ def require_index(index: Path) -> Path:
     return index
 
 
+def query_json(terms: dict[str, int]) -> str:
+    """The query as JSON for Java, after checking every weight is a positive Java ``int``.
+
+    Impact scores are integer dot products only while weights are integers; a float weight would
+    be silently truncated or rounded on the way into Lucene, so it is refused here.
+    """
+    for term, weight in terms.items():
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Integral) or not 0 < weight <= JAVA_INT_MAX:
+            raise PipelineError(f"query weight of {term[:40]!r} must be an integer from 1 to {JAVA_INT_MAX:,}, "
+                                f"got {weight!r}")
+    return json.dumps({term: int(weight) for term, weight in terms.items()})
+
+
+def sorted_hits(top_docs_json: str) -> list[Hit]:
+    """Hits of a ``TopFieldDocs`` sorted by (score, id) that Jackson wrote as JSON, in Lucene's order.
+
+    The id is the second sort value, a ``BytesRef`` (base64 bytes, offset, length), so no stored
+    document is read: reading them (Anserini's ``ScoredDocs.fromTopDocs``) costs ~0.1 ms a hit.
+    """
+    found = []
+    for hit in json.loads(top_docs_json)["scoreDocs"]:
+        ref = hit["fields"][1]
+        docid = binascii.a2b_base64(ref["bytes"])[ref["offset"]:ref["offset"] + ref["length"]].decode("utf-8")
+        found.append((docid, float(round(hit["score"]))))
+    return found
+
+
+class _Detach:
+    """Held in a thread-local slot: when a thread ends, its locals are dropped on that same thread,
+    and this leaves the JVM. pyjnius attaches every thread that calls Java and never detaches it, so
+    threads that come and go (a server's worker pool) would each leave a Java thread behind."""
+
+    def __del__(self) -> None:
+        jvm.start().detach()
+
+
+_THREAD = threading.local()
+
+
+def attached() -> None:
+    """Mark the calling thread to leave the JVM when it ends (cheap after the first call). The main
+    thread stays: the JVM ends with the process."""
+    if getattr(_THREAD, "detach", None) is None and threading.current_thread() is not threading.main_thread():
+        _THREAD.detach = _Detach()
+
+
+@functools.cache
+def _object_mapper_class():
+    """Jackson's ObjectMapper with ``readerFor(JavaType)`` named by its signature: pyjnius picks the
+    ``readerFor(Class)`` overload for a ``JavaType`` argument and fails. Built on first use, after
+    the JVM has started with its options."""
+    jnius = jvm.start()
+
+    class ObjectMapper(jnius.JavaClass, metaclass=jnius.MetaJavaClass):
+        __javaclass__ = "com/fasterxml/jackson/databind/ObjectMapper"
+        getTypeFactory = jnius.JavaMethod("()Lcom/fasterxml/jackson/databind/type/TypeFactory;")
+        readerFor = jnius.JavaMethod("(Lcom/fasterxml/jackson/databind/JavaType;)"
+                                     "Lcom/fasterxml/jackson/databind/ObjectReader;")
+        writeValueAsString = jnius.JavaMethod("(Ljava/lang/Object;)Ljava/lang/String;")
+
+    return ObjectMapper
+
+
 class ImpactSearcher:
-    """Anserini's SimpleImpactSearcher over ``index``, reached through pyjnius."""
+    """Anserini's SimpleImpactSearcher over ``index``, reached through pyjnius.
+
+    A query is searched as Anserini's ``SimpleImpactSearcher.search(Map, k)`` searches it (the same
+    ``BagOfWordsQueryGenerator`` query, impact similarity and sort: score, then document id), but
+    with a handful of calls into Java instead of Anserini's own path, which first spells the query
+    out as a string repeating each term weight times (thousands of tokens) and re-analyses it, and
+    then reads every hit's stored document to get its id. The query map crosses into Java as one
+    JSON string and the hits come back as one (Jackson on both sides); no per-term or per-hit call.
+    Everything here is safe to share between threads: Lucene's ``IndexSearcher`` and Jackson's
+    reader and writer are thread-safe, and the instance keeps no per-search state.
+    """
 
     def __init__(self, index: Path):
         index = require_index(index)
-        self._searcher = jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
-        self._map = jvm.autoclass("java.util.HashMap")
-        self._int = jvm.autoclass("java.lang.Integer")
+        autoclass = jvm.autoclass
+        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
         self.documents = int(self._searcher.get_total_num_docs())
-        self.counters: dict[str, Any] = {}
+        self._lucene = autoclass("org.apache.lucene.search.IndexSearcher")(self._searcher.reader)
+        self._lucene.setSimilarity(self._searcher.get_similarity())
+        self._generator = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        sort_field = autoclass("org.apache.lucene.search.SortField")
+        # Anserini's BREAK_SCORE_TIES_BY_DOCID: which tied documents make a cut-off is Anserini's choice
+        self._sort = autoclass("org.apache.lucene.search.Sort")(
+            sort_field.FIELD_SCORE, sort_field("id", autoclass("org.apache.lucene.search.SortField$Type").STRING_VAL))
+        mapper = _object_mapper_class()()
+        self._writer = mapper
+        weights = mapper.getTypeFactory().constructMapType(
+            *(autoclass("java.lang.Class").forName(name) for name in ("java.util.HashMap", "java.lang.String",
+                                                                      "java.lang.Float")))
+        self._weights = mapper.readerFor(weights)  # Map<String, Float>, what the query generator takes
+        self._legacy = bool(self._searcher.backwardsCompatibilityLucene8)  # Anserini sorts those differently
 
-    def _query(self, terms: dict[str, int]):
-        query = self._map()
-        for token, weight in terms.items():
-            query.put(token, self._int(int(weight)))
-        return query
+    def _search_one(self, terms: dict[str, int], depth: int) -> list[Hit]:
+        """Top ``depth`` hits of one query, in Lucene's order, on the calling thread."""
+        attached()
+        if self._legacy:  # Lucene 8 indexes: Anserini's own path, which breaks ties arbitrarily
+            hash_map = jvm.autoclass("com.fasterxml.jackson.databind.ObjectMapper")().readValue(
+                query_json(terms), jvm.autoclass("java.util.HashMap"))
+            return [(hit.docid, float(round(hit.score))) for hit in self._searcher.search(hash_map, depth)]
+        query = self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
+        return sorted_hits(self._writer.writeValueAsString(self._lucene.search(query, depth, self._sort, True)))
 
     def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
-        qids, jqueries = java_list(queries), java_list(self._query(terms) for terms in queries.values())
-        found = self._searcher.batch_search(jqueries, qids, depth, threads)
-        return {qid: [(docid, float(round(score))) for docid, score in hits]
-                for qid, hits in java_hits(found).items()}
+        """Top ``depth`` hits per query; a batch is spread over ``threads`` Python threads (pyjnius
+        releases the GIL while Java searches), a single query stays on the calling thread."""
+        if threads <= 1 or len(queries) <= 1:
+            return {qid: self._search_one(terms, depth) for qid, terms in queries.items()}
+        items = list(queries.items())
+        chunks = [items[lo::threads] for lo in range(threads)]
+        with ThreadPoolExecutor(threads, thread_name_prefix="search") as pool:
+            parts = list(pool.map(lambda chunk: self._search_chunk(chunk, depth), chunks))
+        found = {qid: hits for part in parts for qid, hits in part.items()}
+        return {qid: found[qid] for qid in queries}
+
+    def _search_chunk(self, chunk: list[tuple[str, dict[str, int]]], depth: int) -> dict[str, list[Hit]]:
+        return {qid: self._search_one(terms, depth) for qid, terms in chunk}
 
     def search(self, queries: dict[str, dict[str, int]], hits: int, threads: int = 1,
-               remove_query: bool | Collection[str] = False) -> dict[str, list[Hit]]:
-        """Top ``hits`` per query in trec_eval's order (score, then document id, descending).
+               remove_query: bool | Collection[str] = False) -> tuple[dict[str, list[Hit]], dict[str, Any]]:
+        """Top ``hits`` per query in trec_eval's order (score, then document id, descending), and counters.
 
         ``remove_query``: ``True`` drops each query's own id from its hits (BEIR), a collection of
-        query ids does so only for those queries. ``self.counters`` says what happened: self hits
+        query ids does so only for those queries. The counters say what happened: self hits
         removed, queries whose tie at the cut-off outgrew the depth limit, queries with scores that
-        reached 2^24 (no longer exact in float32).
+        reached 2^24 (no longer exact in float32). They are returned, not kept, so that threads
+        sharing a searcher never read each other's.
         """
         dropping = self_hit_queries(remove_query, queries)
         need = {qid: hits + (qid in dropping) for qid in queries}
@@ -121,14 +227,15 @@ class ImpactSearcher:
                 removed += len(kept) < len(found)
                 found = kept
             ranked[qid] = found[:hits]
-        self.counters = {"self_hits_removed": removed, "ties_capped": len(capped),
-                         "ties_capped_queries": sorted(capped)[:10],
-                         "scores_beyond_2^24": sum(1 for found in results.values()
-                                                   if found and found[0][1] >= FLOAT32_EXACT)}
-        return ranked
+        counters = {"self_hits_removed": removed, "ties_capped": len(capped),
+                    "ties_capped_queries": sorted(capped)[:10],
+                    "scores_beyond_2^24": sum(1 for found in results.values()
+                                              if found and found[0][1] >= FLOAT32_EXACT)}
+        return ranked, counters
 
     def raw(self, docid: str) -> str | None:
         """The stored JSON of a document (indexes built with --store-raw)."""
+        attached()
         return self._searcher.doc_raw(docid)
 
     def close(self) -> None:
@@ -186,12 +293,17 @@ def check_settings(record: dict[str, Any] | None, wanted: dict[str, Any], force:
 
 def encode_queries(encoder, topics: dict[str, str], scale: float, batch_size: int,
                    progress: bool = True) -> dict[str, dict[str, int]]:
-    """Quantised ``{token: int}`` per query, in topic order."""
+    """Quantised ``{token: int}`` per query, in topic order.
+
+    Batches hold queries of one length only (no padding) and run on one torch thread, so a query's
+    vector does not depend on the other topics in the file, and the service (one thread by
+    default) encodes it identically on its own.
+    """
     from tqdm import tqdm
 
     with tqdm(total=len(topics), unit="q", desc="encode queries", disable=not progress,
-              file=sys.stderr) as bar:
-        vectors = encoder.encode(list(topics.values()), batch_size, on_batch=bar.update)
+              file=sys.stderr) as bar, encoder.one_thread():
+        vectors = encoder.encode(list(topics.values()), batch_size, on_batch=bar.update, padding=False)
     return {qid: encoder.to_terms(vector, scale) for qid, vector in zip(topics, vectors)}
 
 
@@ -208,13 +320,13 @@ def run_search(index: Path, queries: dict[str, dict[str, int]], output: Path, hi
     """Search and write the run; returns counters (every query accounted for)."""
     searcher = ImpactSearcher(index)
     try:
-        results = searcher.search(queries, hits, threads, remove_query)
+        results, counters = searcher.search(queries, hits, threads, remove_query)
     finally:
         searcher.close()
     write_run(output, results, fmt, tag)
     return {"queries": len(queries), "without_terms": sum(1 for t in queries.values() if not t),
             "without_hits": sum(1 for r in results.values() if not r),
-            "hits": sum(len(r) for r in results.values()), **searcher.counters, "output": str(output)}
+            "hits": sum(len(r) for r in results.values()), **counters, "output": str(output)}
 
 
 def default_run_name(collection: str, model: str, topics: str) -> str:

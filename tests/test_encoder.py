@@ -109,3 +109,31 @@ def test_batches_are_sized_by_tokens(encoder, monkeypatch):
     monkeypatch.setattr(encoder, "_pooled", lambda batch: seen.append([len(ids) for ids in batch]) or original(batch))
     encoder.encode(["one two"] * 100 + [TEXTS[3]] * 3, batch_size=2)
     assert [len(batch) for batch in seen] == [100, 2, 1]  # 100 x 4 tokens fit 2 x 512; 512-token texts 2 a batch
+
+
+def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder, scifact):
+    """The service encodes one query at a time (``encode_one``, one torch thread); the search stage
+    encodes a topics file in batches. Every SciFact query gets the same float weights, hence the
+    same integers, even though this encoder otherwise runs on two threads."""
+    from pipeline.readers import read_topics
+    from pipeline.search import encode_queries
+
+    topics = read_topics(scifact / "queries.jsonl")
+    assert encoder.threads == 2 or torch.get_num_threads() == encoder.threads
+    batched = encode_queries(encoder, topics, 100, 32, progress=False)
+    assert torch.get_num_threads() == encoder.threads  # restored
+    with encoder.one_thread():
+        vectors = encoder.encode(list(topics.values()), 32, padding=False)
+        alone = [encoder.encode_one(ids) for ids in encoder.tokenize(list(topics.values()))]
+    assert len({len(ids) for ids in encoder.tokenize(list(topics.values()))}) > 10  # many lengths, many batches
+    for qid, single, in_batch in zip(topics, alone, vectors):
+        assert np.array_equal(single.ids, in_batch.ids) and np.array_equal(single.weights, in_batch.weights), qid
+        assert encoder.to_terms(single, 100) == batched[qid], qid
+
+
+def test_equal_length_batches_never_mix_lengths():
+    from pipeline.encoder import equal_length_batches
+
+    assert equal_length_batches([3, 3, 3, 4, 9, 9], 6) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert equal_length_batches([2, 2, 2, 5], 100) == [(0, 3), (3, 4)]
+    assert equal_length_batches([], 10) == []

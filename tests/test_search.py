@@ -65,7 +65,7 @@ def tied_index(tmp_path_factory):
 def search(index, queries, hits, **options):
     searcher = ImpactSearcher(index)
     try:
-        return searcher.search(queries, hits=hits, threads=2, **options), searcher.counters
+        return searcher.search(queries, hits=hits, threads=2, **options)
     finally:
         searcher.close()
 
@@ -202,3 +202,74 @@ def test_run_files_are_byte_identical_across_rebuilds(tmp_path, built):
         stages.search(index, run, DEMO_DATA / "queries.jsonl", hits=25, threads=threads, **QUIET)
         runs.append(run.read_bytes())
     assert runs[0] == runs[1] and runs[0].count(b"\n") > 100
+
+
+def anserini_own(searcher, terms, depth):
+    """Anserini's ``SimpleImpactSearcher.search(Map, k)`` as Pyserini calls it: the path replaced."""
+    from pipeline import jvm
+
+    query = jvm.autoclass("java.util.HashMap")()
+    for term, weight in terms.items():
+        query.put(term, jvm.autoclass("java.lang.Integer")(weight))
+    return [(hit.docid, float(round(hit.score))) for hit in searcher._searcher.search(query, depth)]
+
+
+def test_direct_search_finds_what_anserinis_own_search_finds(built, tied_index, encoder):
+    """Same hits, same scores, same order, and the same tied documents at a cut-off."""
+    _, index = built
+    topics = read_topics(DEMO_DATA / "queries.jsonl")
+    cases = [(index, encoder.to_terms(vector, 100)) for vector in encoder.encode(list(topics.values()))]
+    cases += [(tied_index, {"a": 2}), (tied_index, {"a": 2, "u7": 5, "zzz": 1}), (index, {"café": 3, "coral": 9})]
+    for path, terms in cases:
+        searcher = ImpactSearcher(path)
+        try:
+            for depth in (1, 7, 30, 1000):
+                assert searcher._search_one(terms, depth) == anserini_own(searcher, terms, depth), (terms, depth)
+        finally:
+            searcher.close()
+
+
+def test_weights_must_be_positive_java_ints(built):
+    _, index = built
+    searcher = ImpactSearcher(index)
+    try:
+        for weight in (1.5, 2.0, True, 0, -3, 2 ** 31, "7"):
+            with pytest.raises(PipelineError, match="must be an integer"):
+                searcher.search({"q": {"coral": weight}}, 3)
+        found, counters = searcher.search({"q": {"coral": 2 ** 31 - 1}}, 3)
+        assert found["q"][0][0] == "ocean-02" and counters["scores_beyond_2^24"] == 1
+    finally:
+        searcher.close()
+
+
+def test_counters_belong_to_each_call(tied_index):
+    """A shared searcher keeps no counters of its own: two calls do not see each other's."""
+    searcher = ImpactSearcher(tied_index)
+    try:
+        _, first = searcher.search({"q": {"a": 2}}, 10, remove_query=["q"])
+        _, second = searcher.search({"d05": {"u5": 1}}, 10, remove_query=True)
+        assert first["self_hits_removed"] == 0 and second["self_hits_removed"] == 1
+        assert not hasattr(searcher, "counters")
+    finally:
+        searcher.close()
+
+
+def test_threads_that_searched_leave_the_jvm_when_they_end(tied_index):
+    """pyjnius never detaches a thread by itself: a server's short-lived request threads would each
+    leave a Java thread behind (memory that only grows)."""
+    import threading
+
+    from pipeline import jvm
+
+    searcher = ImpactSearcher(tied_index)
+    java_threads = jvm.autoclass("java.lang.management.ManagementFactory").getThreadMXBean()
+    try:
+        before = java_threads.getThreadCount()
+        for _ in range(20):
+            worker = threading.Thread(target=searcher.search, args=({"q": {"a": 2}}, 5))
+            worker.start()
+            worker.join()
+        assert java_threads.getThreadCount() - before < 5
+        assert searcher.raw("d01") is None or isinstance(searcher.raw("d01"), str)
+    finally:
+        searcher.close()

@@ -95,7 +95,7 @@ def test_search_returns_what_the_search_stage_finds(client, demo_indexes, encode
     terms = encoder.to_terms(encoder.encode([QUERY])[0], 100)
     searcher = ImpactSearcher(demo_indexes["demo"])
     try:
-        expected = searcher.search({"q": terms}, 10)["q"]
+        expected = searcher.search({"q": terms}, 10)[0]["q"]
     finally:
         searcher.close()
     body = client.get("/v1/demo/search", params={"query": QUERY, "hits": 10}).json()

@@ -3,8 +3,9 @@
 * ``torch``: the checkpoint as PyTorch runs it; in fp32 the exact reference every other path is
   measured against. Devices and precisions as in ``pipeline.devices``.
 * ``onnx``: the transformer and the MLM head's transform exported to ONNX, fused by ONNX Runtime's
-  transformer optimiser and dynamically quantised to int8 (weights one scale per matrix,
-  activations per batch), run by ONNX Runtime on the CPU; the vocabulary projection stays the
+  transformer optimiser and dynamically quantised to int8 (7-bit weights per output column,
+  activations per batch; embeddings, the first feed-forward block and the MLM head's transform
+  stay fp32: ``onnx_runner`` says why), run by ONNX Runtime on the CPU; the vocabulary projection stays the
   exact fp32 tiled kernel, applied to the int8 graph's hidden states.
 * ``openvino``: the same quantised ONNX graph compiled by OpenVINO for the CPU.
 

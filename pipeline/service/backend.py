@@ -4,17 +4,20 @@ Each index is opened once with its own query encoder: the model, pooling, scale,
 and backend recorded in the index (``splade-pipeline.json``), chosen as the search stage chooses
 them. Indexes built with the same model and settings share one loaded model.
 
-Sharing between request threads: one in-process JVM serves every thread; pyjnius attaches each
-thread to it on first use and releases the GIL while Java runs. One ``SimpleImpactSearcher`` per
-index is shared by all threads (Lucene's ``IndexSearcher`` is thread-safe, and Anserini's own
-``batch_search`` calls it from a pool). One torch model per encoder is shared too: the forward
-pass keeps no state and torch releases the GIL inside its kernels. Only tokenisation holds a lock,
-because a Hugging Face fast tokenizer's settings are mutated per call and must not be borrowed by
-two threads at once; it takes tens of microseconds.
+Sharing between request threads: one in-process JVM serves every thread (fixed heap, serial GC:
+``JAVA_OPTIONS``); pyjnius attaches each thread to it on first use, releases the GIL while Java
+runs, and the thread leaves the JVM when it ends (``pipeline.search.attached``). One
+``ImpactSearcher`` per index is shared by all threads: Lucene's ``IndexSearcher`` is thread-safe
+and the searcher keeps no per-search state. One torch model per encoder is shared too: the forward
+pass keeps no state and torch releases the GIL inside its kernels; a query is encoded alone,
+unpadded, exactly as the search stage encodes it. Only tokenisation holds a lock, because a Hugging
+Face fast tokenizer's settings are mutated per call and must not be borrowed by two threads at
+once; it takes tens of microseconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import threading
@@ -27,38 +30,34 @@ from pipeline import jvm, stages
 from pipeline.encoder import SpladeEncoder
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights, token_spans
-from pipeline.search import Hit, ImpactSearcher, index_record, require_index
+from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_index
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SETTINGS = ("pooling", "scale", "max_length", "postings", "counters")
+# The service's JVM: a fixed, pre-touched heap (as Elasticsearch runs), so its resident memory is
+# taken at start and stays flat; the serial collector, so no pool of GC threads competes with the
+# request threads and the other worker processes for a few cores (the live set is tiny: indexes
+# are memory-mapped, outside the heap).
+JAVA_OPTIONS = ("-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch", "-XX:+UseSerialGC")
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(count: int = 2) -> None:
+    """glibc gives threads their own malloc arenas (up to 8 per core), and a server's request threads
+    come and go: memory freed in an arena is rarely returned, so resident memory creeps up. A couple
+    of arenas keep it flat at no measurable cost here. Does nothing off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count)
+    except (OSError, AttributeError):
+        pass
 
 
 class WarmSearcher(ImpactSearcher):
-    """An ImpactSearcher for one query at a time on the calling thread.
-
-    ``ImpactSearcher`` batches through Anserini's ``batch_search``, which starts a Java thread pool
-    per call; a service already runs requests on many threads, so a single query is searched
-    directly. Batches still go through the pool. Tie handling is inherited unchanged.
-    """
-
-    def __init__(self, index: Path):
-        super().__init__(index)
-        self._json = jvm.autoclass("com.fasterxml.jackson.databind.ObjectMapper")()  # thread-safe once built
-
-    def _query(self, terms: dict[str, int]):
-        """The query as a Java ``Map<String, Integer>`` in one call (Jackson reads small integers as
-        Integer), instead of two calls through pyjnius per term."""
-        return self._json.readValue(json.dumps(terms), self._map)
-
-    def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
-        if len(queries) != 1:
-            return super()._batch(queries, depth, threads)
-        (qid, terms), = queries.items()
-        found = self._searcher.search(self._query(terms), depth)
-        return {qid: [(hit.docid, float(round(hit.score))) for hit in found]}
+    """An ImpactSearcher that also reads document impacts from the postings (for explanations)."""
 
     def lucene_id(self, docid: str) -> int:
         """Lucene's internal number of a document, or -1 when the index has no such id."""
+        attached()
         return int(jvm.autoclass("io.anserini.index.IndexReaderUtils").convertDocidToLuceneDocid(
             self._searcher.reader, docid))
 
@@ -95,7 +94,7 @@ class QueryEncoder:
 
     def encode(self, texts: Sequence[str], scale: float, batch_size: int = 32) -> list[dict[str, int]]:
         """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
-        vectors = self.encoder.encode_ids(self.tokenize(texts), batch_size)
+        vectors = self.encoder.encode_ids(self.tokenize(texts), batch_size, padding=False)
         return [self.encoder.to_terms(vector, scale) for vector in vectors]
 
 
@@ -127,7 +126,8 @@ class ServedIndex:
         return self.encoder.encode(texts, self.scale)
 
     def search(self, queries: dict[str, dict[str, int]], hits: int) -> dict[str, list[Hit]]:
-        return self.searcher.search(queries, hits, threads=self.threads)
+        """Hits per query: one query on the request's thread, a batch over ``threads`` threads."""
+        return self.searcher.search(queries, hits, threads=self.threads)[0]
 
     def stored(self, docid: str) -> dict[str, Any] | None:
         """The document as stored (parsed JSON), or None when the index keeps no raw documents."""
@@ -195,7 +195,8 @@ def check_indexes(indexes: dict[str, Path]) -> None:
 def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[str, ServedIndex]:
     """Start the JVM, open each index and load each distinct query encoder once."""
     check_indexes(indexes)
-    jvm.start()
+    limit_malloc_arenas()
+    jvm.start(options=JAVA_OPTIONS)
     encoders: dict[tuple, QueryEncoder] = {}
     served: dict[str, ServedIndex] = {}
     try:
