@@ -57,7 +57,7 @@ def main() -> int:
         docs = [doc for _, doc in read_corpus(corpus)]
         start = time.perf_counter()
         doc_vectors = encoder.encode([d.text for d in docs])
-        query_vectors = encoder.encode(list(topics.values()))
+        query_vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())))  # as the search stage
         # The same remove-query rule as the pipeline's run (auto: BEIR's, unless judged relevant).
         dropping = [q for q in topics if qrels.get(q, {}).get(q, 0) <= 0]
         run = exact_run([d.id for d in docs], doc_vectors, list(topics), query_vectors, encoder.vocab_size,

@@ -9,9 +9,10 @@ Reported per run: end-to-end seconds (Ray's start and the workers' model loads i
 steady docs/s, counted from the moment every worker has finished a first shard to the last shard
 (so neither model loading nor start-up is in it). The ratio Ray / single process of steady docs/s
 is the overhead figure (target: at least 0.85); the two collections are also compared byte for
-byte. Writes bench/results/ray_encode.json.
+byte. Writes bench/results/ray_encode.json (another corpus: ray_encode.<its folder>.json).
 
     flock /tmp/bench.lock python bench/ray_encode.py [--corpus PATH] [--documents N] [--shard-size 50]
+    python bench/ray_encode.py --corpus ../shared/datasets/scifact/corpus.jsonl --shard-size 200
     python bench/ray_encode.py --smoke       # the embedded 40-document demo corpus, seconds
 """
 
@@ -100,7 +101,10 @@ def main() -> int:
                                                   / best("single", "end_to_end_docs_per_s"), 3),
         "target_steady_ratio": 0.85, "collections_identical": identical,
     }
-    common.write_result("ray_encode", result, args, threads)
+    # the default corpus (Cranfield) writes ray_encode.json; another one ray_encode.<its folder>.json
+    default = common.DATASETS / "cranfield" / "corpus.jsonl"
+    label = "ray_encode" if args.smoke or args.corpus == default else f"ray_encode.{args.corpus.parent.name}"
+    common.write_result(label, result, args, threads)
     return 0 if identical else 1
 
 

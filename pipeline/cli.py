@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=integer(0, 65535), default=8080, help="port (default 8080)")
     p.add_argument("--workers", type=integer(1, 64), default=1,
                    help="worker processes, each with its own JVM and model (default 1)")
-    p.add_argument("--threads", type=integer(1), default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--threads", type=integer(1), default=1,
+                   help="Lucene threads for a batch of queries, per worker (default 1); queries are encoded on "
+                        "one torch thread, as the search stage encodes them")
     _common(p)
     return parser
 

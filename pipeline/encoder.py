@@ -152,11 +152,16 @@ class SpladeEncoder:
             input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
         return input_ids, mask
 
-    def _hidden(self, token_ids: Sequence[Sequence[int]]):
-        """Transformed hidden states of the real tokens, packed: (sum of lengths) x hidden."""
+    def _padded_hidden(self, token_ids: Sequence[Sequence[int]]):
+        """Transformed hidden states of the padded batch, with its mask on the same device."""
         input_ids, mask = self._inputs(token_ids)
         hidden = self.runner.hidden(input_ids, mask)
-        return hidden[mask.to(hidden.device).bool()].contiguous()
+        return hidden, mask.to(hidden.device, non_blocking=True)
+
+    def _hidden(self, token_ids: Sequence[Sequence[int]]):
+        """Transformed hidden states of the real tokens, packed: (sum of lengths) x hidden."""
+        hidden, mask = self._padded_hidden(token_ids)
+        return hidden[mask.bool()].contiguous()
 
     # -- vocabulary projection ----------------------------------------------------------------
 
@@ -167,9 +172,7 @@ class SpladeEncoder:
     def _pooled(self, batch: Sequence[Sequence[int]]):
         """Pooled fp32 weights of one batch, on the backend's device."""
         if self.placement.accelerated:
-            input_ids, mask = self._inputs(batch)
-            hidden = self.runner.hidden(input_ids, mask)
-            mask = mask.to(hidden.device, non_blocking=True)
+            hidden, mask = self._padded_hidden(batch)
             return project_padded(hidden.to(self.weight.dtype), mask, self.weight, self.bias, self.pooling)
         return self._project(self._hidden(batch), [len(ids) for ids in batch])
 
@@ -218,18 +221,30 @@ class SpladeEncoder:
 
     @contextlib.contextmanager
     def one_thread(self) -> Iterator[None]:
-        """Run torch on one intra-op thread meanwhile (process-wide), as the service does by default.
-
-        Queries are encoded on one thread everywhere: with two, MKL and the attention split their
-        sums by thread and a query's weights can change in the last bit (and, rarely, an integer
-        weight) with the thread count or the batch, so the search stage would disagree with the service.
-        """
+        """Run torch on one intra-op thread meanwhile (process-wide). A no-op when torch already runs
+        on one (the service's encoders), so request threads sharing the model never race on it."""
         previous = self.torch.get_num_threads()
+        if previous == 1:
+            yield
+            return
         self.torch.set_num_threads(1)
         try:
             yield
         finally:
             self.torch.set_num_threads(previous)
+
+    def encode_queries(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
+                       on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+        """Tokenised queries, the one entry point of the search stage and the service.
+
+        Batches hold queries of one length only (no padding) and run on one torch thread: with two,
+        MKL and the attention split their sums by thread and a query's weights can change in the
+        last bit (and, rarely, an integer weight) with the thread count or the batch. So a query's
+        vector does not depend on the other topics in its file, and the service encodes it alone
+        exactly as the search stage did.
+        """
+        with self.one_thread():
+            return self.encode_ids(token_ids, batch_size, on_batch, padding=False)
 
     def encode_one(self, token_ids: Sequence[int]) -> SparseVector:
         """One tokenised text on the CPU, the service's case: the same computation as a batch of one
@@ -238,9 +253,7 @@ class SpladeEncoder:
         with torch.inference_mode(), self.placement.autocast():
             input_ids = torch.tensor([list(token_ids)], dtype=torch.int64)
             hidden = self.runner.hidden(input_ids, torch.ones_like(input_ids))[0].contiguous()
-            pooled = self._project(hidden, [len(token_ids)])[0]
-            ids = torch.nonzero(pooled).flatten()
-            return SparseVector(ids.to(torch.int32).numpy(), pooled[ids].float().numpy())
+            return self._sparse(self._project(hidden, [len(token_ids)]))[0]
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:

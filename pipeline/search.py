@@ -163,13 +163,15 @@ class ImpactSearcher:
                                                                       "java.lang.Float")))
         self._weights = mapper.readerFor(weights)  # Map<String, Float>, what the query generator takes
         self._legacy = bool(self._searcher.backwardsCompatibilityLucene8)  # Anserini sorts those differently
+        if self._legacy:  # Anserini's own search(Map, k) takes a java.util.HashMap; one mapper serves all threads
+            self._legacy_mapper = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
+            self._hash_map = autoclass("java.util.HashMap")
 
     def _search_one(self, terms: dict[str, int], depth: int) -> list[Hit]:
         """Top ``depth`` hits of one query, in Lucene's order, on the calling thread."""
         attached()
         if self._legacy:  # Lucene 8 indexes: Anserini's own path, which breaks ties arbitrarily
-            hash_map = jvm.autoclass("com.fasterxml.jackson.databind.ObjectMapper")().readValue(
-                query_json(terms), jvm.autoclass("java.util.HashMap"))
+            hash_map = self._legacy_mapper.readValue(query_json(terms), self._hash_map)
             return [(hit.docid, float(round(hit.score))) for hit in self._searcher.search(hash_map, depth)]
         query = self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
         return sorted_hits(self._writer.writeValueAsString(self._lucene.search(query, depth, self._sort, True)))
@@ -293,17 +295,13 @@ def check_settings(record: dict[str, Any] | None, wanted: dict[str, Any], force:
 
 def encode_queries(encoder, topics: dict[str, str], scale: float, batch_size: int,
                    progress: bool = True) -> dict[str, dict[str, int]]:
-    """Quantised ``{token: int}`` per query, in topic order.
-
-    Batches hold queries of one length only (no padding) and run on one torch thread, so a query's
-    vector does not depend on the other topics in the file, and the service (one thread by
-    default) encodes it identically on its own.
-    """
+    """Quantised ``{token: int}`` per query, in topic order (``SpladeEncoder.encode_queries``: a
+    query's vector does not depend on the other topics, and the service encodes it identically)."""
     from tqdm import tqdm
 
     with tqdm(total=len(topics), unit="q", desc="encode queries", disable=not progress,
-              file=sys.stderr) as bar, encoder.one_thread():
-        vectors = encoder.encode(list(topics.values()), batch_size, on_batch=bar.update, padding=False)
+              file=sys.stderr) as bar:
+        vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), batch_size, on_batch=bar.update)
     return {qid: encoder.to_terms(vector, scale) for qid, vector in zip(topics, vectors)}
 
 

@@ -122,13 +122,29 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
     assert encoder.threads == 2 or torch.get_num_threads() == encoder.threads
     batched = encode_queries(encoder, topics, 100, 32, progress=False)
     assert torch.get_num_threads() == encoder.threads  # restored
+    vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), 32)
+    assert torch.get_num_threads() == encoder.threads  # restored
     with encoder.one_thread():
-        vectors = encoder.encode(list(topics.values()), 32, padding=False)
         alone = [encoder.encode_one(ids) for ids in encoder.tokenize(list(topics.values()))]
     assert len({len(ids) for ids in encoder.tokenize(list(topics.values()))}) > 10  # many lengths, many batches
     for qid, single, in_batch in zip(topics, alone, vectors):
         assert np.array_equal(single.ids, in_batch.ids) and np.array_equal(single.weights, in_batch.weights), qid
         assert encoder.to_terms(single, 100) == batched[qid], qid
+
+
+def test_queries_always_encode_on_one_torch_thread(encoder, monkeypatch):
+    """``encode_queries`` (the search stage's and the service's entry point) runs torch on one thread
+    whatever the encoder's own count, and gives that count back."""
+    seen = []
+    original = encoder._pooled
+    monkeypatch.setattr(encoder, "_pooled", lambda batch: seen.append(torch.get_num_threads()) or original(batch))
+    torch.set_num_threads(2)
+    try:
+        encoder.encode_queries(encoder.tokenize(["a query", "a somewhat longer query"]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(encoder.threads)
+    assert seen == [1, 1]
 
 
 def test_equal_length_batches_never_mix_lengths():

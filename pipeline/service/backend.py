@@ -94,7 +94,7 @@ class QueryEncoder:
 
     def encode(self, texts: Sequence[str], scale: float, batch_size: int = 32) -> list[dict[str, int]]:
         """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
-        vectors = self.encoder.encode_ids(self.tokenize(texts), batch_size, padding=False)
+        vectors = self.encoder.encode_queries(self.tokenize(texts), batch_size)
         return [self.encoder.to_terms(vector, scale) for vector in vectors]
 
 
@@ -207,7 +207,9 @@ def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[s
             backend, precision = stages._query_backend(record, None, None)  # as the search stage chooses
             key = (model.fingerprint, pooling, max_length, backend, precision)
             if key not in encoders:
-                encoders[key] = QueryEncoder(stages.load_encoder(model, pooling, max_length, threads or 1,
+                # one torch thread: queries encode exactly as the search stage's (encode_queries), and
+                # request threads never change torch's process-wide thread count under each other
+                encoders[key] = QueryEncoder(stages.load_encoder(model, pooling, max_length, 1,
                                                                  None, precision, backend))
             searcher = WarmSearcher(path)
             stores_text = searcher.documents > 0 and searcher._searcher.doc_raw(0) is not None
