@@ -49,31 +49,18 @@ def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray
     return vector.ids[keep], values[keep]
 
 
-def token_batches(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+def token_batches(lengths: Sequence[int], budget: int, one_length: bool = False) -> list[tuple[int, int]]:
     """Cut length-sorted texts into runs whose padded size (count x longest) fits ``budget`` tokens.
 
-    A text longer than the budget forms a batch of its own.
+    A text longer than the budget forms a batch of its own. ``one_length`` also cuts wherever the
+    length changes, so no batch is padded: attention then sums over exactly a text's own tokens and
+    its vector is bit for bit the one it gets alone (padding changes the summation order of the
+    softmax): a query encodes the same in any topics file, and the service's single queries match
+    the search stage.
     """
     found, first = [], 0
     for index, length in enumerate(lengths):
-        if index > first and (index - first + 1) * length > budget:
-            found.append((first, index))
-            first = index
-    if first < len(lengths):
-        found.append((first, len(lengths)))
-    return found
-
-
-def equal_length_batches(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Cut length-sorted texts into runs of one length only, each within ``budget`` tokens.
-
-    With no padding in a batch, attention sums over exactly a text's own tokens, so its vector is
-    bit for bit the one it gets alone (padding changes the summation order of the softmax): a query
-    encodes the same in any topics file, and the service's single queries match the search stage.
-    """
-    found, first = [], 0
-    for index, length in enumerate(lengths):
-        if index > first and (length != lengths[first] or (index - first + 1) * length > budget):
+        if index > first and ((one_length and length != lengths[first]) or (index - first + 1) * length > budget):
             found.append((first, index))
             first = index
     if first < len(lengths):
@@ -193,24 +180,19 @@ class SpladeEncoder:
                    on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:
         """Encode tokenised texts; batches of length-sorted texts fill ``batch_size x max_length`` tokens.
 
-        ``padding=False`` (queries) batches only texts of equal length (``equal_length_batches``),
-        so each vector is exactly the text's own; documents are padded, which is faster on long,
-        varied texts. ``on_batch`` receives the number of texts done after each batch (for progress bars).
+        ``padding=False`` (queries) batches only texts of equal length (``token_batches(...,
+        one_length=True)``), so each vector is exactly the text's own; documents are padded, which is
+        faster on long, varied texts. ``on_batch`` receives the number of texts done after each batch
+        (for progress bars).
         """
         torch = self.torch
         if not token_ids:
             return []
-        if len(token_ids) == 1 and not self.placement.accelerated:
-            vector = self.encode_one(token_ids[0])
-            if on_batch:
-                on_batch(1)
-            return [vector]
         order = sorted(range(len(token_ids)), key=lambda i: (len(token_ids[i]), i))
         lengths = [len(token_ids[i]) for i in order]
         result: list[SparseVector | None] = [None] * len(token_ids)
-        cut = token_batches if padding else equal_length_batches
         with torch.inference_mode(), self.placement.autocast():
-            for first, last in cut(lengths, batch_size * self.max_length):
+            for first, last in token_batches(lengths, batch_size * self.max_length, one_length=not padding):
                 chosen = order[first:last]
                 vectors = self._sparse(self._pooled([token_ids[i] for i in chosen]))
                 for i, vector in zip(chosen, vectors):
@@ -246,21 +228,12 @@ class SpladeEncoder:
         with self.one_thread():
             return self.encode_ids(token_ids, batch_size, on_batch, padding=False)
 
-    def encode_one(self, token_ids: Sequence[int]) -> SparseVector:
-        """One tokenised text on the CPU, the service's case: the same computation as a batch of one
-        in ``encode_ids`` (no padding, the same projection kernel), without the batching set-up."""
-        torch = self.torch
-        with torch.inference_mode(), self.placement.autocast():
-            input_ids = torch.tensor([list(token_ids)], dtype=torch.int64)
-            hidden = self.runner.hidden(input_ids, torch.ones_like(input_ids))[0].contiguous()
-            return self._sparse(self._project(hidden, [len(token_ids)]))[0]
-
     def encode(self, texts: Sequence[str], batch_size: int = 32,
-               on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:
+               on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
         """Encode texts; the next window is tokenised in a background thread meanwhile."""
         found: list[SparseVector] = []
         for ids in self._tokenized_windows(texts):
-            found.extend(self.encode_ids(ids, batch_size, on_batch, padding))
+            found.extend(self.encode_ids(ids, batch_size, on_batch))
         return found
 
     def _tokenized_windows(self, texts: Sequence[str]) -> Iterator[list[list[int]]]:

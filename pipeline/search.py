@@ -179,9 +179,9 @@ class ImpactSearcher:
     def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
         """Top ``depth`` hits per query; a batch is spread over ``threads`` Python threads (pyjnius
         releases the GIL while Java searches), a single query stays on the calling thread."""
-        if threads <= 1 or len(queries) <= 1:
-            return {qid: self._search_one(terms, depth) for qid, terms in queries.items()}
         items = list(queries.items())
+        if threads <= 1 or len(items) <= 1:
+            return self._search_chunk(items, depth)
         chunks = [items[lo::threads] for lo in range(threads)]
         with ThreadPoolExecutor(threads, thread_name_prefix="search") as pool:
             parts = list(pool.map(lambda chunk: self._search_chunk(chunk, depth), chunks))

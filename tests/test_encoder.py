@@ -112,7 +112,7 @@ def test_batches_are_sized_by_tokens(encoder, monkeypatch):
 
 
 def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder, scifact):
-    """The service encodes one query at a time (``encode_one``, one torch thread); the search stage
+    """The service encodes one query at a time (a batch of one, one torch thread); the search stage
     encodes a topics file in batches. Every SciFact query gets the same float weights, hence the
     same integers, even though this encoder otherwise runs on two threads."""
     from pipeline.readers import read_topics
@@ -124,8 +124,7 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
     assert torch.get_num_threads() == encoder.threads  # restored
     vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), 32)
     assert torch.get_num_threads() == encoder.threads  # restored
-    with encoder.one_thread():
-        alone = [encoder.encode_one(ids) for ids in encoder.tokenize(list(topics.values()))]
+    alone = [encoder.encode_queries([ids])[0] for ids in encoder.tokenize(list(topics.values()))]
     assert len({len(ids) for ids in encoder.tokenize(list(topics.values()))}) > 10  # many lengths, many batches
     for qid, single, in_batch in zip(topics, alone, vectors):
         assert np.array_equal(single.ids, in_batch.ids) and np.array_equal(single.weights, in_batch.weights), qid
@@ -147,9 +146,9 @@ def test_queries_always_encode_on_one_torch_thread(encoder, monkeypatch):
     assert seen == [1, 1]
 
 
-def test_equal_length_batches_never_mix_lengths():
-    from pipeline.encoder import equal_length_batches
+def test_one_length_batches_never_mix_lengths():
+    from pipeline.encoder import token_batches
 
-    assert equal_length_batches([3, 3, 3, 4, 9, 9], 6) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
-    assert equal_length_batches([2, 2, 2, 5], 100) == [(0, 3), (3, 4)]
-    assert equal_length_batches([], 10) == []
+    assert token_batches([3, 3, 3, 4, 9, 9], 6, one_length=True) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert token_batches([2, 2, 2, 5], 100, one_length=True) == [(0, 3), (3, 4)]
+    assert token_batches([], 10, one_length=True) == []
