@@ -23,7 +23,7 @@ from pipeline import models
 from pipeline.demo import DEMO_DATA
 from pipeline.encoder import SpladeEncoder, default_threads
 from pipeline.evaluate import evaluate, parse_measure
-from pipeline.experiment import dataset_files, judged_topics, run_dataset
+from pipeline.experiment import dataset_files, judged_topics, run_dataset, self_hit_rule
 from pipeline.readers import read_corpus, read_qrels
 from pipeline.reference import exact_run
 
@@ -59,7 +59,7 @@ def main() -> int:
         doc_vectors = encoder.encode([d.text for d in docs])
         query_vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())))  # as the search stage
         # The same remove-query rule as the pipeline's run (auto: BEIR's, unless judged relevant).
-        dropping = [q for q in topics if qrels.get(q, {}).get(q, 0) <= 0]
+        dropping = set(self_hit_rule("auto", topics, qrels_path)[0])
         run = exact_run([d.id for d in docs], doc_vectors, list(topics), query_vectors, encoder.vocab_size,
                         hits=1000, remove_query=False)
         run = {q: [hit for hit in hits if not (q in dropping and hit[0] == q)] for q, hits in run.items()}
