@@ -68,7 +68,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _model_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
     parser.add_argument("--encoder", default=None,
                         help="splade-tiny (embedded, default), a local checkpoint folder or a Hugging Face id")
-    parser.add_argument("--batch-size", type=COUNT, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=COUNT, default=32,
+                        help="texts per forward pass (default 32; on the CPU at most 1,024 padded tokens)")
     parser.add_argument("--threads", type=COUNT, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--max-length", type=integer(2), default=512 if defaults else None,
                         help="token limit per text" + (" (default 512)" if defaults else " (default: the index's)"))

@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline import backends, devices
+from pipeline import backends, blas, devices
 from pipeline.models import ModelRef, load_masked_lm  # noqa: F401  (load_masked_lm: used by train)
 from pipeline.projection import (GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups,  # noqa: F401
-                                 project, project_padded)
+                                 project, project_padded, project_rows)
 
 TOKENIZE_WINDOW = 4096  # texts tokenised ahead by the background thread
+# On the CPU a batch only amortises per-call overhead: past about a thousand tokens its activations
+# (tokens x 3,072 floats in a BERT-base feed-forward layer) leave the cache and every layer slows.
+# bench/results/encode.base.json: the BERT-base-sized fp32 path went from 1.94x Pyserini on SciFact
+# (8,192-token batches, the file at commit f9b9298) to 2.41x with 1,024, and on MS MARCO passages
+# from 0.90x to 1.34x the plain loop.
+CPU_BATCH_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class SpladeEncoder:
         for token, index in vocab.items():
             self.id_to_token[index] = token
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._rows: tuple[np.ndarray, np.ndarray] | None = None
+        self._rows_lock = threading.Lock()
 
     def describe(self) -> dict[str, str]:
         """The encoder record for manifests and index records (fingerprint includes backend, precision)."""
@@ -156,12 +165,29 @@ class SpladeEncoder:
         """Pooled weights (len(lengths) x vocab, fp32) from packed hidden states (the shared kernel)."""
         return project(packed.to(self.weight.dtype), lengths, self.weight, self.bias, self.pooling)
 
-    def _pooled(self, batch: Sequence[Sequence[int]]):
-        """Pooled fp32 weights of one batch, on the backend's device."""
+    def _row_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder weight transposed (hidden x vocab, C order) and the bias as numpy arrays, for
+        ``project_rows``; made on the first query batch (a document-only run never holds the copy)."""
+        with self._rows_lock:
+            if self._rows is None:
+                self._rows = (self.weight.T.contiguous().numpy(), self.bias.numpy())
+            return self._rows
+
+    def _pooled(self, batch: Sequence[Sequence[int]], queries: bool = False):
+        """Pooled fp32 weights of one batch, on the backend's device.
+
+        ``queries``: a batch of one length on one thread (``encode_queries``); on the CPU in fp32
+        its projection goes through numpy's BLAS (``project_rows``), faster for so few rows.
+        """
         if self.placement.accelerated:
             hidden, mask = self._padded_hidden(batch)
             return project_padded(hidden.to(self.weight.dtype), mask, self.weight, self.bias, self.pooling)
-        return self._project(self._hidden(batch), [len(ids) for ids in batch])
+        lengths = [len(ids) for ids in batch]
+        if queries and self.weight.dtype == self.torch.float32:
+            weight_t, bias = self._row_weights()
+            packed = self._hidden(batch).to(self.torch.float32).contiguous().numpy()
+            return self.torch.from_numpy(project_rows(packed, lengths, weight_t, bias, self.pooling))
+        return self._project(self._hidden(batch), lengths)
 
     def _sparse(self, dense) -> list[SparseVector]:
         """Rows of a dense (texts x vocab) tensor as sparse vectors; only non-zeros leave the device."""
@@ -176,14 +202,22 @@ class SpladeEncoder:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
-                   on_batch: Callable[[int], object] | None = None, padding: bool = True) -> list[SparseVector]:
-        """Encode tokenised texts; batches of length-sorted texts fill ``batch_size x max_length`` tokens.
+    def token_budget(self, batch_size: int) -> int:
+        """Padded tokens a batch may hold: ``batch_size x max_length`` on an accelerator, at most
+        ``CPU_BATCH_TOKENS`` (or one longest text) on the CPU, where larger batches only run slower."""
+        budget = batch_size * self.max_length
+        if self.placement.accelerated:
+            return budget
+        return min(budget, max(CPU_BATCH_TOKENS, self.max_length))
 
-        ``padding=False`` (queries) batches only texts of equal length (``token_batches(...,
-        one_length=True)``), so each vector is exactly the text's own; documents are padded, which is
-        faster on long, varied texts. ``on_batch`` receives the number of texts done after each batch
-        (for progress bars).
+    def encode_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
+                   on_batch: Callable[[int], object] | None = None, queries: bool = False) -> list[SparseVector]:
+        """Encode tokenised texts; batches of length-sorted texts fill ``token_budget(batch_size)`` tokens.
+
+        ``queries`` (``encode_queries``' path) batches only texts of equal length (``token_batches(...,
+        one_length=True)``), so each vector is exactly the text's own, and projects them with
+        ``project_rows``; documents are padded, which is faster on long, varied texts. ``on_batch``
+        receives the number of texts done after each batch (for progress bars).
         """
         torch = self.torch
         if not token_ids:
@@ -192,9 +226,9 @@ class SpladeEncoder:
         lengths = [len(token_ids[i]) for i in order]
         result: list[SparseVector | None] = [None] * len(token_ids)
         with torch.inference_mode(), self.placement.autocast():
-            for first, last in token_batches(lengths, batch_size * self.max_length, one_length=not padding):
+            for first, last in token_batches(lengths, self.token_budget(batch_size), one_length=queries):
                 chosen = order[first:last]
-                vectors = self._sparse(self._pooled([token_ids[i] for i in chosen]))
+                vectors = self._sparse(self._pooled([token_ids[i] for i in chosen], queries=queries))
                 for i, vector in zip(chosen, vectors):
                     result[i] = vector
                 if on_batch:
@@ -203,30 +237,35 @@ class SpladeEncoder:
 
     @contextlib.contextmanager
     def one_thread(self) -> Iterator[None]:
-        """Run torch on one intra-op thread meanwhile (process-wide). A no-op when torch already runs
-        on one (the service's encoders), so request threads sharing the model never race on it."""
+        """Run torch and numpy's BLAS on one thread each meanwhile (process-wide). A no-op for torch
+        when it already runs on one (the service's encoders; the service sets BLAS to one at start),
+        so request threads sharing the model never race on either count."""
         previous = self.torch.get_num_threads()
-        if previous == 1:
-            yield
-            return
-        self.torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            self.torch.set_num_threads(previous)
+        with blas.one_thread():
+            if previous == 1:
+                yield
+                return
+            self.torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                self.torch.set_num_threads(previous)
 
     def encode_queries(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
                        on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
         """Tokenised queries, the one entry point of the search stage and the service.
 
-        Batches hold queries of one length only (no padding) and run on one torch thread: with two,
-        MKL and the attention split their sums by thread and a query's weights can change in the
-        last bit (and, rarely, an integer weight) with the thread count or the batch. So a query's
-        vector does not depend on the other topics in its file, and the service encodes it alone
-        exactly as the search stage did.
+        Batches hold queries of one length only (no padding) and run on one thread: with two, the
+        matrix products and the attention split their sums by thread and a query's weights can change
+        in the last bit (and, rarely, an integer weight) with the thread count or the batch. So a
+        query's vector does not depend on the other topics in its file, and the service encodes it
+        alone exactly as the search stage did. Without padding the transformer needs no mask (the
+        torch backend's ``layer_path``), and the vocabulary projection of so few rows runs on numpy's
+        BLAS (``project_rows``): together 1.24x the document path for a SciFact query through
+        splade-tiny on this CPU (``bench/results/query_kernels.json``).
         """
         with self.one_thread():
-            return self.encode_ids(token_ids, batch_size, on_batch, padding=False)
+            return self.encode_ids(token_ids, batch_size, on_batch, queries=True)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:

@@ -27,6 +27,7 @@ SMOKE: dict[str, list[str]] = {
     "exact_reference.py": [],
     "memory.py": [],
     "official.py": [],
+    "query.py": [],
     "ray_encode.py": [],
     "serve.py": [],
     "scale.py": [],

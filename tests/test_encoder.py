@@ -106,7 +106,7 @@ def test_batches_are_sized_by_tokens(encoder, monkeypatch):
     """Short texts share a batch up to batch_size x max_length padded tokens; long ones go alone."""
     seen = []
     original = encoder._pooled
-    monkeypatch.setattr(encoder, "_pooled", lambda batch: seen.append([len(ids) for ids in batch]) or original(batch))
+    monkeypatch.setattr(encoder, "_pooled", lambda batch, **kw: seen.append([len(ids) for ids in batch]) or original(batch, **kw))
     encoder.encode(["one two"] * 100 + [TEXTS[3]] * 3, batch_size=2)
     assert [len(batch) for batch in seen] == [100, 2, 1]  # 100 x 4 tokens fit 2 x 512; 512-token texts 2 a batch
 
@@ -132,18 +132,24 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
 
 
 def test_queries_always_encode_on_one_torch_thread(encoder, monkeypatch):
-    """``encode_queries`` (the search stage's and the service's entry point) runs torch on one thread
-    whatever the encoder's own count, and gives that count back."""
+    """``encode_queries`` (the search stage's and the service's entry point) runs torch and numpy's
+    BLAS on one thread whatever the counts were, and gives both back."""
+    from pipeline import blas
+
     seen = []
     original = encoder._pooled
-    monkeypatch.setattr(encoder, "_pooled", lambda batch: seen.append(torch.get_num_threads()) or original(batch))
+    monkeypatch.setattr(encoder, "_pooled", lambda batch, **kw: seen.append(
+        (torch.get_num_threads(), blas.threads(), kw)) or original(batch, **kw))
     torch.set_num_threads(2)
+    blas_before = blas.threads()
+    blas.set_threads(2)
     try:
         encoder.encode_queries(encoder.tokenize(["a query", "a somewhat longer query"]))
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2 and blas.threads() == 2
     finally:
         torch.set_num_threads(encoder.threads)
-    assert seen == [1, 1]
+        blas.set_threads(blas_before)
+    assert seen == [(1, 1, {"queries": True})] * 2
 
 
 def test_one_length_batches_never_mix_lengths():
@@ -152,3 +158,88 @@ def test_one_length_batches_never_mix_lengths():
     assert token_batches([3, 3, 3, 4, 9, 9], 6, one_length=True) == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
     assert token_batches([2, 2, 2, 5], 100, one_length=True) == [(0, 3), (3, 4)]
     assert token_batches([], 10, one_length=True) == []
+
+
+def test_queries_equal_the_naive_formula_in_both_poolings(encoder):
+    """``encode_queries`` (mask-free layers, numpy's BLAS projection) against the full logits tensor."""
+    from pipeline import models
+    from pipeline.encoder import SpladeEncoder
+
+    queries = TEXTS[:3] + ["what causes tides", "what causes tides?"]
+    for model in (encoder, SpladeEncoder(models.resolve(None), "sum", 512)):
+        expected = naive(model, queries, model.pooling)
+        got = np.stack([dense(v, model.vocab_size) for v in model.encode_queries(model.tokenize(queries))])
+        assert np.abs(got - expected).max() / expected.max() < 1e-5, model.pooling
+        assert (got > 0).sum() == (expected > 0).sum()
+
+
+def test_unpadded_batches_take_the_layer_path_bit_for_bit(encoder, scifact):
+    """The torch runner's mask-free path (the model's own modules in turn) equals its full forward
+    on every SciFact query, alone and in equal-length batches (one thread, as queries run); padded
+    batches keep the full forward."""
+    from pipeline.readers import read_topics
+
+    runner = encoder.runner
+    assert runner._unmasked is not None
+    ids = encoder.tokenize(list(read_topics(scifact / "queries.jsonl").values()))
+    by_length = {}
+    for row in ids:
+        by_length.setdefault(len(row), []).append(row)
+    with torch.inference_mode(), encoder.one_thread():
+        for rows in by_length.values():
+            batch = torch.tensor(rows)
+            full = runner.model(input_ids=batch, attention_mask=torch.ones_like(batch)).logits
+            assert torch.equal(runner.hidden(batch, torch.ones_like(batch)), full)
+            assert torch.equal(runner._unmasked(batch[:1]), full[:1])
+        calls = []
+        original = runner._unmasked
+        runner._unmasked = lambda batch: calls.append(batch) or original(batch)
+        try:
+            input_ids, mask = encoder._inputs([ids[0], ids[0][:3]])
+            runner.hidden(input_ids, mask)
+            assert calls == []  # a padded batch needs its mask: the full forward
+        finally:
+            runner._unmasked = original
+
+
+def test_layer_path_is_refused_when_it_differs_or_does_not_apply():
+    """Another architecture, or a model whose full forward does more than its layers, keeps the full
+    forward (random tiny models: only the path's choice is under test)."""
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    from pipeline.backends.torch_runner import layer_path
+
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32)).eval()
+    bert.get_output_embeddings().forward = lambda hidden: hidden
+    assert layer_path(bert) is not None
+    distil = DistilBertForMaskedLM(DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    assert layer_path(distil.eval()) is None
+    full = bert.forward
+    bert.forward = lambda **kw: type("Out", (), {"logits": full(**kw).logits + 1})()
+    assert layer_path(bert) is None
+
+
+@pytest.mark.parametrize("pooling", ["max", "sum"])
+def test_project_rows_equals_the_tiled_torch_kernel(pooling):
+    """numpy's BLAS projection over texts of several lengths and a vocabulary of several tiles,
+    against ``project`` (the same dot products summed by MKL or OpenBLAS); a text gives the same bits
+    alone as among others."""
+    from pipeline import blas, projection
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = [5, 1, 7, 7, 2]
+    packed = torch.randn(sum(lengths), 24, generator=generator)
+    weight = torch.randn(2 * projection.VOCAB_TILE + 100, 24, generator=generator) * 0.3
+    bias = torch.randn(weight.shape[0], generator=generator) - 1
+    expected = projection.project(packed, lengths, weight, bias, pooling).numpy()
+    arguments = (packed.numpy(), lengths, weight.T.contiguous().numpy(), bias.numpy(), pooling)
+    with blas.one_thread():
+        got = projection.project_rows(*arguments)
+        alone = projection.project_rows(packed[5:6].numpy(), [1], *arguments[2:])
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
+    assert ((got > 0) == (expected > 0)).all()
+    assert np.array_equal(got[1], alone[0])
+    with pytest.raises(ValueError):
+        projection.project_rows(*arguments[:4], "mean")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pipeline import jvm, stages
+from pipeline import blas, jvm, stages
 from pipeline.encoder import SpladeEncoder
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights, token_spans
@@ -196,6 +196,7 @@ def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[s
     """Start the JVM, open each index and load each distinct query encoder once."""
     check_indexes(indexes)
     limit_malloc_arenas()
+    blas.set_threads(1)  # queries project on one BLAS thread (encode_queries); set once, not per request
     jvm.start(options=JAVA_OPTIONS)
     encoders: dict[tuple, QueryEncoder] = {}
     served: dict[str, ServedIndex] = {}
