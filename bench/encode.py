@@ -141,11 +141,16 @@ def baseline_encoder(location: str, batch_size: int, max_length: int) -> Encode:
                 chosen = order[lo:lo + batch_size]
                 dense = naive_dense(mlm, tokenizer, [texts[i] for i in chosen], max_length)
                 for i, row in zip(chosen, dense):
-                    ids = torch.nonzero(row).flatten()
-                    values = torch.round(row[ids].double() * SCALE).long()
-                    found[i] = {vocabulary[t]: v for t, v in zip(ids.tolist(), values.tolist()) if v > 0}
+                    found[i] = naive_terms(row, vocabulary)
         return found
     return run
+
+
+def naive_terms(row: torch.Tensor, vocabulary: dict[int, str]) -> dict[str, int]:
+    """One text's dense weights as ``{token: round(w x SCALE)}``, zeros dropped."""
+    ids = torch.nonzero(row).flatten()
+    values = torch.round(row[ids].double() * SCALE).long()
+    return {vocabulary[t]: v for t, v in zip(ids.tolist(), values.tolist()) if v > 0}
 
 
 # -- measuring ---------------------------------------------------------------------------------------

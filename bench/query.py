@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import common
 import numpy as np
 import torch
+from encode import base_model, naive_dense, naive_terms, texts_from
 
 from pipeline import blas, models
 from pipeline.encoder import SpladeEncoder
 from pipeline.readers import read_topics
 
-SCALE = 100
+SCALE = 100  # as bench/encode.py's naive_terms
 Encode = Callable[[str], dict]
 
 
@@ -69,6 +69,7 @@ def pyserini_encoder(location: str) -> Encode:
 
 
 def baseline_encoder(location: str) -> Encode:
+    """``bench/encode.py``'s plain loop for one text: the naive formula under inference_mode."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location)
@@ -77,12 +78,7 @@ def baseline_encoder(location: str) -> Encode:
 
     def run(text: str) -> dict:
         with torch.inference_mode():
-            batch = tokenizer([text], truncation=True, max_length=512, return_tensors="pt",
-                              return_token_type_ids=False)
-            row = torch.log1p(torch.relu(mlm(**batch).logits[0])).amax(0)
-            ids = torch.nonzero(row).flatten()
-            values = torch.round(row[ids].double() * SCALE).long()
-            return {vocabulary[t]: v for t, v in zip(ids.tolist(), values.tolist()) if v > 0}
+            return naive_terms(naive_dense(mlm, tokenizer, [text], 512)[0], vocabulary)
     return run
 
 
@@ -132,21 +128,18 @@ def agreement(ours_terms: list[dict], reference: list[dict]) -> dict[str, float]
 def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--model-size", choices=("tiny", "base"), default="tiny")
-    parser.add_argument("--queries", type=int, default=300, help="SciFact queries (default 300; 60 for base)")
+    parser.add_argument("--queries", type=int, default=None, help="SciFact queries (default 300; 60 for base)")
     parser.add_argument("--rounds", type=int, default=2, help="times each query is encoded by each variant")
     args = parser.parse_args()
     base = args.model_size == "base"
-    count = 5 if args.smoke else args.queries if args.queries != 300 or not base else 60
+    count = 5 if args.smoke else args.queries or (60 if base else 300)
     texts = list(read_topics(common.DATASETS / "scifact" / "queries.jsonl").values())[:count]
     if base:
-        from encode import base_model, texts_from
-
         calibration = texts_from(common.DATASETS / "scifact" / "corpus.jsonl", 2 if args.smoke else 8)
         location = str(base_model(common.RESULTS / "work" / "bert-base-random-300", calibration))
     else:
         location = str(models.resolve(None).location)
-    torch.set_num_threads(1)
-    encoder = SpladeEncoder(models.resolve(location), threads=1)
+    encoder = SpladeEncoder(models.resolve(location), threads=1)  # torch on one thread
     encoders = {"splade-pipeline": ours(encoder), "document path": document_path(encoder),
                 "pyserini": pyserini_encoder(location),
                 "baseline": baseline_encoder(location)}
@@ -154,19 +147,18 @@ def main() -> None:
     times = alternated(encoders, texts, 1 if args.smoke else args.rounds)
     p50 = {name: round(statistics.median(values), 3) for name, values in times.items()}
     terms = {name: [run(text) for text in texts] for name, run in encoders.items() if name != "pyserini"}
-    lengths = encoder.tokenize(texts)
+    mean_tokens = float(np.mean([len(ids) for ids in encoder.tokenize(texts)]))
     result = {
         "model": ("bert-base-uncased architecture, random weights, decoder bias for ~300 terms" if base
                   else "splade-tiny"),
         "queries": len(texts), "rounds": 1 if args.smoke else args.rounds,
-        "mean_tokens": round(float(np.mean([len(ids) for ids in lengths])), 1),
+        "mean_tokens": round(mean_tokens, 1),
         "torch_threads": 1,
         "ms_per_query": {name: {"p50": p50[name], "p90": round(float(np.percentile(values, 90)), 3)}
                          for name, values in times.items()},
         "speedup_p50": {f"splade-pipeline / {name}": round(p50[name] / p50["splade-pipeline"], 2)
                         for name in p50 if name != "splade-pipeline"},
-        "skinny_product_ms": skinny_product(encoder, round(float(np.mean([len(ids) for ids in lengths]))),
-                                            3 if args.smoke else 50),
+        "skinny_product_ms": skinny_product(encoder, round(mean_tokens), 3 if args.smoke else 50),
         "integer_weights_vs_baseline": {name: agreement(terms[name], terms["baseline"])
                                         for name in terms if name != "baseline"},
     }

@@ -2,7 +2,7 @@
 
 The query projection (``pipeline.projection.project_rows``) multiplies a few dozen hidden states by
 the whole vocabulary on one thread. torch's CPU builds send that product to MKL, which on this AMD
-CPU takes 1.45x OpenBLAS's time for it (``bench/results/query_kernels.json``: 9.9 ms against 6.8
+CPU takes 1.35x OpenBLAS's time for it (``bench/results/query_kernels.json``: 10.2 ms against 7.5
 for 23 splade-tiny rows).
 OpenBLAS keeps its own thread pool, sized to the machine; the query path runs it on one thread,
 as it runs torch, so that concurrent requests do not each start a pool and a query's weights do not
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 _LOCK = threading.Lock()
 
@@ -38,15 +38,21 @@ def set_threads(count: int) -> None:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """BLAS on one thread meanwhile; a no-op when it already runs on one (the service sets that once
-    at start, so request threads never change the count under each other)."""
-    previous = threads()
+def one_thread_of(get: Callable[[], int], set_: Callable[[int], None]) -> Iterator[None]:
+    """A process-wide thread count (read by ``get``, written by ``set_``) at one meanwhile, then
+    back; a no-op when it already is one (the service sets its counts once at start, so request
+    threads never change a count under each other). For BLAS here and torch in the encoder."""
+    previous = get()
     if previous == 1:
         yield
         return
-    set_threads(1)
+    set_(1)
     try:
         yield
     finally:
-        set_threads(previous)
+        set_(previous)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """BLAS on one thread meanwhile (``one_thread_of``)."""
+    return one_thread_of(threads, set_threads)

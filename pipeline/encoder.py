@@ -240,16 +240,8 @@ class SpladeEncoder:
         """Run torch and numpy's BLAS on one thread each meanwhile (process-wide). A no-op for torch
         when it already runs on one (the service's encoders; the service sets BLAS to one at start),
         so request threads sharing the model never race on either count."""
-        previous = self.torch.get_num_threads()
-        with blas.one_thread():
-            if previous == 1:
-                yield
-                return
-            self.torch.set_num_threads(1)
-            try:
-                yield
-            finally:
-                self.torch.set_num_threads(previous)
+        with blas.one_thread(), blas.one_thread_of(self.torch.get_num_threads, self.torch.set_num_threads):
+            yield
 
     def encode_queries(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
                        on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:

@@ -88,7 +88,7 @@ def project_rows(packed: np.ndarray, lengths: Sequence[int], weight_t: np.ndarra
     """``project``'s pooled weights through numpy's BLAS, for the few rows of a query batch.
 
     ``weight_t`` is the decoder weight transposed (``hidden x vocab``, C order), so each product is
-    row-major and OpenBLAS runs it at full speed; on this AMD CPU torch's MKL sgemm takes 1.45x
+    row-major and OpenBLAS runs it at full speed; on this AMD CPU torch's MKL sgemm takes 1.35x
     as long for this skinny shape (tens of rows against 30,522 columns; ``pipeline.blas``). OpenBLAS's
     rounding depends on the shape it is given (rows, columns, threads), so each product is one
     text against one fixed ``VOCAB_TILE``-column tile, on one BLAS thread (``blas.one_thread``): a
@@ -100,7 +100,6 @@ def project_rows(packed: np.ndarray, lengths: Sequence[int], weight_t: np.ndarra
     vocab = weight_t.shape[1]
     out = np.empty((len(lengths), vocab), dtype=np.float32)
     starts = offsets(lengths)
-
     for text in range(len(lengths)):
         block = packed[starts[text]:starts[text + 1]]
         for lo in range(0, vocab, VOCAB_TILE):

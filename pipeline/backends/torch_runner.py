@@ -34,7 +34,7 @@ def layer_path(mlm) -> Callable | None:
 
     Without padding there is no mask to build, and the model's outer ``forward`` (input checks,
     mask construction, output capture) is Python work of the order of a short query's arithmetic
-    through a small model on the CPU; with the query projection it makes queries 1.26x faster than
+    through a small model on the CPU; with the query projection it makes queries 1.24x faster than
     the document path (``bench/results/query_kernels.json``).
     The modules and their arithmetic are the model's; a probe checks the result is bit for bit the
     full forward's before the path is used, so a model whose outer forward does more than this gets
