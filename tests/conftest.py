@@ -1,18 +1,31 @@
-"""Shared fixtures: the real splade-tiny encoder, the shared datasets, and a SciFact slice.
+"""Shared fixtures: the real splade-tiny encoder, the shared datasets, a SciFact slice, the demo
+collection with its two indexes, and one running service.
+
+Session fixtures are built once for the whole run (one encode of the demo corpus, one JVM, one
+uvicorn server); tests must treat them as read-only and write their own outputs under tmp_path.
 
 Integration tests use ../shared/datasets (beside the checkout, and in CI). Where it is absent they
 are skipped with a reason, unless SPLADE_REQUIRE_DATASETS=1 (set by .ci/run) makes that a failure.
+
+Tiers: tests marked ``slow`` (Ray clusters, the browser, the bench smokes, the wheel install, real
+processes killed mid-write) are left out of the README's test command and run by ``.ci/run`` after it
+(``pytest -m slow``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_QUERY = "who invented printing books"  # demo q9: expansion terms carry the top hit
+SERVICE_LIMITS = dict(keep_alive_s=1, body_timeout_s=1.0, max_in_flight=8)
 DATASETS = Path(os.environ.get("SPLADE_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
@@ -65,3 +78,50 @@ def write_lines(path: Path, lines: list[str] | str, mode: str = "w") -> Path:
     text = lines if isinstance(lines, str) else "".join(line + "\n" for line in lines)
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_indexes(tmp_path_factory) -> dict[str, Path]:
+    """The demo corpus encoded once; ``demo`` indexes it with the documents stored (--store-raw),
+    ``bare`` without, so tests see both explanation paths (stored vectors and Lucene's postings)."""
+    from pipeline import stages
+
+    from pipeline.demo import DEMO_DATA
+
+    quiet = {"say": lambda text: None}
+    root = tmp_path_factory.mktemp("demo")
+    collection = root / "collections" / "demo"
+    stages.encode(DEMO_DATA / "corpus.jsonl", collection, threads=1, progress=False, **quiet)
+    stages.index(collection, root / "indexes" / "demo", threads=1, store_raw=True, **quiet)
+    stages.index(collection, root / "indexes" / "bare", threads=2, **quiet)
+    return {"demo": root / "indexes" / "demo", "bare": root / "indexes" / "bare", "collection": collection}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service(demo_indexes):
+    """Base URL of a running service (uvicorn in a thread of this process, the guarded protocol)."""
+    import uvicorn
+
+    from pipeline.service import create_app
+    from pipeline.service.guard import Limits
+    from pipeline.service.server import uvicorn_options
+
+    limits = Limits(**SERVICE_LIMITS)
+    app = create_app({"demo": demo_indexes["demo"], "bare": demo_indexes["bare"]}, threads=1, limits=limits)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **uvicorn_options(limits)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "service did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)

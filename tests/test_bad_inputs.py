@@ -93,10 +93,8 @@ def test_output_path_is_a_file(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad-search")
-    assert main(["run", "--dataset", str(DEMO_DATA), "--name", "demo", "--root", str(root), "--quiet"]) == 0
-    return root / "indexes" / "demo.splade-tiny"
+def index(demo_indexes):
+    return demo_indexes["bare"]
 
 
 SEARCH_CASES = {

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every bench script in a process of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL = 2  # CI's cores
 

@@ -25,6 +25,8 @@ import pytest
 
 from conftest import dataset
 
+pytestmark = pytest.mark.slow  # Ray clusters of real processes
+
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 CRANFIELD_SHARDS = ("--shard-size", "50")  # 28 shards
 SCIFACT_SHARDS = ("--shard-size", "30")  # 20 shards

@@ -10,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real encode processes killed mid-write
+
 
 def start_encode(corpus: Path, output: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "encode", "--corpus", str(corpus),

@@ -1,7 +1,7 @@
 """The search service: a real uvicorn server on a loopback port over real demo indexes and splade-tiny.
 
-One server (one JVM, one model) serves the whole session; the browser test reuses it. Two indexes
-of the embedded demo corpus are served: ``demo`` stores the documents (--store-raw), ``bare``
+One server (one JVM, one model) serves the whole session (``service`` in conftest); the browser
+test reuses it. Two indexes of the embedded demo corpus are served: ``demo`` stores the documents (--store-raw), ``bare``
 does not, so explanations are checked both from stored vectors and from Lucene's postings.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,54 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import stages
+from conftest import DEMO_QUERY, SERVICE_LIMITS
 from pipeline.demo import DEMO_DATA, collection_vectors
 from pipeline.readers import read_topics
 from pipeline.search import ImpactSearcher
 
 QUIET = {"say": lambda text: None}
-QUERY = "who invented printing books"  # demo q9: expansion terms carry the top hit
-LIMITS = dict(keep_alive_s=1, body_timeout_s=1.0, max_in_flight=8)
-
-
-@pytest.fixture(scope="session")
-def demo_indexes(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serve")
-    collection = root / "collections" / "demo"
-    stages.encode(DEMO_DATA / "corpus.jsonl", collection, threads=1, progress=False, **QUIET)
-    stages.index(collection, root / "indexes" / "demo", threads=1, store_raw=True, **QUIET)
-    stages.index(collection, root / "indexes" / "bare", threads=1, **QUIET)
-    return {"demo": root / "indexes" / "demo", "bare": root / "indexes" / "bare", "collection": collection}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def service(demo_indexes):
-    """Base URL of a running service (uvicorn in a thread of this process, the guarded protocol)."""
-    import uvicorn
-
-    from pipeline.service import create_app
-    from pipeline.service.guard import Limits
-    from pipeline.service.server import uvicorn_options
-
-    limits = Limits(**LIMITS)
-    app = create_app({"demo": demo_indexes["demo"], "bare": demo_indexes["bare"]}, threads=1, limits=limits)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **uvicorn_options(limits)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 180
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "service did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+QUERY = DEMO_QUERY
+LIMITS = SERVICE_LIMITS
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve import QUERY, demo_indexes, service  # noqa: F401  (session fixtures: one server for both files)
+from conftest import DEMO_QUERY as QUERY
+
+pytestmark = pytest.mark.slow  # a real Chromium
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
