@@ -45,7 +45,8 @@ def quiet_peers() -> None:
     """Let ``import pyserini.encode`` work without an OpenAI key.
 
     Pyserini builds an OpenAI client when ``pyserini.encode`` is imported; openai releases after
-    2.12 raise there without a key. pyproject pins openai==2.12.0; this covers other installs.
+    2.12 raise there without a key. The bench extra pins openai==2.12.0 (the core never imports
+    pyserini.encode); this covers other installs.
     """
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-splade-pipeline-benchmarks")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
