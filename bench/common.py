@@ -2,8 +2,9 @@
 
 Each script under ``bench/`` builds its parser with ``parser()``, which adds ``--smoke`` (a tiny,
 fast run that CI executes so no script can rot) and ``--results`` (where the result file goes).
-``write_result`` stores one JSON file per script under ``bench/results/`` with the machine it ran
-on (CPU model and flags, cores, threads), library versions and the date, so that every figure in
+``write_result`` stores one JSON file per script under ``bench/results/`` with the commit of the code
+that ran (and whether the checkout was clean), the machine it ran on (CPU model and flags, cores,
+threads), library versions and the date, so that every figure in
 README.md and docs/ can be traced to a committed file. Smoke runs write ``NAME.smoke.json``,
 which is git-ignored.
 """
@@ -16,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,8 @@ def quiet_peers() -> None:
     """Let ``import pyserini.encode`` work without an OpenAI key.
 
     Pyserini builds an OpenAI client when ``pyserini.encode`` is imported; openai releases after
-    2.12 raise there without a key. pyproject pins openai==2.12.0; this covers other installs.
+    2.12 raise there without a key. The bench extra pins openai==2.12.0 (the core never imports
+    pyserini.encode); this covers other installs.
     """
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-splade-pipeline-benchmarks")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,6 +87,28 @@ def gpu() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def code_state(root: Path = ROOT) -> dict[str, Any]:
+    """The commit the figures come from and whether the checkout differed from it.
+
+    ``dirty_files`` lists tracked files changed since the commit and untracked ones (``git status
+    --porcelain``), except under ``bench/results/``: result files are outputs, and one benchmark's
+    uncommitted result says nothing about the code another one ran. Outside a git checkout (an
+    installed copy) the commit is unknown and says so.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=all")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"commit": None, "clean": None, "dirty_files": None, "unknown_because": str(exc).strip()[:200]}
+    dirty = sorted(path for path in (line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line)
+                   if not path.startswith("bench/results/"))
+    return {"commit": commit, "clean": not dirty, "dirty_files": dirty}
+
+
 def machine(threads: int | None = None) -> dict[str, Any]:
     """Everything a reader needs to know where a figure came from."""
     record: dict[str, Any] = {"cpu": cpu(), "threads": threads, "gpu": gpu(), "versions": versions(),
@@ -105,7 +130,7 @@ def write_result(name: str, result: dict[str, Any], args: argparse.Namespace,
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}{'.smoke' if args.smoke else ''}.json"
     body = {"benchmark": name, "smoke": bool(args.smoke), "command": " ".join(["python", *sys.argv]),
-            "machine": machine(threads), **result}
+            "code": code_state(), "machine": machine(threads), **result}
     text = json.dumps(body, indent=2, sort_keys=False) + "\n"
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)

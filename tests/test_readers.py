@@ -177,3 +177,11 @@ def test_a_bom_in_the_middle_is_still_an_error(tmp_path):
     path = write_lines(tmp_path / "corpus.jsonl", ['{"_id": "a", "text": "x"}', BOM + '{"_id": "b", "text": "y"}'])
     with pytest.raises(InputError, match=r"corpus.jsonl:2: invalid JSON"):
         docs(path)
+
+
+@pytest.mark.parametrize("weight", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_encoded_queries_with_a_non_finite_weight_name_file_and_line(tmp_path, weight):
+    path = write_lines(tmp_path / "q.jsonl", ['{"id": "1", "vector": {"a": 2}}',
+                                              '{"id": "2", "vector": {"b": %s}}' % weight])
+    with pytest.raises(InputError, match=r"q\.jsonl:2: weight of 'b' must be an integer \(quantised\), got "):
+        read_encoded_queries(path)

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import devices
+from pipeline import devices, extras
 from pipeline.errors import PipelineError
 
 BACKENDS = ("torch", "onnx", "openvino")
 INT8 = ("onnx", "openvino")
+# What each int8 backend imports (all from the 'int8' extra): export and quantisation need ONNX and
+# ONNX Runtime for both; OpenVINO compiles the graph ONNX Runtime quantised.
+INT8_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"),
+                "openvino": ("onnx", "onnxscript", "onnxruntime", "openvino")}
 
 
 def placement(backend: str, device: str | None = None, precision: str | None = None) -> devices.Placement:
@@ -30,6 +34,7 @@ def placement(backend: str, device: str | None = None, precision: str | None = N
         raise PipelineError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return devices.resolve(device, precision)
+    extras.require(f"--backend {backend}", "int8", INT8_MODULES[backend])
     if precision not in (None, "int8"):
         raise PipelineError(f"--backend {backend} computes in int8; --precision {precision} applies to "
                             "--backend torch")

@@ -31,20 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import models
-from pipeline.errors import PipelineError
 
 RECIPE = "int8-v3"  # bump when the export or quantisation recipe changes: the cache key includes it
 GRAPH = "model.int8.onnx"
-
-
-def _need(module: str, backend: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise PipelineError(f"--backend {backend} needs {module.split('.')[0]} installed "
-                            "(pip install 'splade-pipeline[int8]')") from None
 
 
 def exported_graph(model: models.ModelRef, mlm, backend: str) -> Path:
@@ -53,16 +42,15 @@ def exported_graph(model: models.ModelRef, mlm, backend: str) -> Path:
     target = folder / GRAPH
     if target.is_file():
         return target
-    _need("onnx", backend)
-    _need("onnxruntime", backend)
     work = folder / f".export-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         plain = _export(mlm, work / "model.onnx")
-        fused = _optimise(plain, mlm.config, work / "model.fused.onnx")
+        fused = fuse(plain, mlm.config, work / "model.fused.onnx")
         _quantise(fused, work / GRAPH)
-        (work / "recipe.json").write_text(json.dumps({"recipe": RECIPE, "model": model.describe()}, indent=2))
+        recipe = {"recipe": RECIPE, "model": model.describe(), "fused": fused != plain}
+        (work / "recipe.json").write_text(json.dumps(recipe, indent=2))
         os.replace(work / GRAPH, target)
         os.replace(work / "recipe.json", folder / "recipe.json")
     finally:
@@ -92,19 +80,33 @@ def _export(mlm, path: Path) -> Path:
     return path
 
 
-def _optimise(path: Path, config, output: Path) -> Path:
-    """ONNX Runtime's BERT fusions (attention, skip layer norm, GELU); the plain graph if they fail."""
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
+# What ONNX Runtime's graph fusions raise when a graph does not have the shapes they match (its
+# pattern matchers assert and index into node lists). Anything else (a full disk while saving, a
+# missing module, a bug) is not a graph the fusions "do not know" and must not pass unnoticed.
+FUSION_FAILURES = (AssertionError, KeyError, IndexError, ValueError)
 
+
+def fuse(path: Path, config, output: Path) -> Path:
+    """ONNX Runtime's BERT fusions (attention, skip layer norm, GELU) written to ``output``.
+
+    Returns ``path`` itself, with a warning, when the fusions cannot apply to this architecture's
+    graph (``FUSION_FAILURES``): the int8 recipe then quantises the unfused graph, which computes
+    the same function more slowly. Every other error propagates.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            optimised = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                                       hidden_size=config.hidden_size, opt_level=1)
-            optimised.save_model_to_file(str(output))
-        return output
-    except Exception:  # an architecture the optimiser does not know: quantise the plain graph
+            optimised = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                       opt_level=1)
+    except FUSION_FAILURES as exc:
+        warnings.warn(f"ONNX Runtime's BERT fusions do not apply to this model ({type(exc).__name__}: "
+                      f"{str(exc)[:120]}); quantising the unfused graph", stacklevel=2)
         return path
+    optimised.save_model_to_file(str(output))
+    return output
 
 
 def _quantise(path: Path, output: Path) -> None:
@@ -186,7 +188,6 @@ def load_int8(backend: str, model: models.ModelRef, mlm, threads: int):
     """A runner for ``backend`` (``onnx`` or ``openvino``) over the cached int8 graph."""
     graph = exported_graph(model, mlm, backend)
     if backend == "openvino":
-        _need("openvino", backend)
         return OpenVinoRunner(graph, threads)
     return OrtRunner(graph, threads)
 

@@ -13,7 +13,9 @@ and search side by side; see ``backend`` for how they share the JVM and the mode
 """
 
 import contextlib  # no `from __future__ import annotations`: FastAPI reads the request model built at run time
+import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +27,11 @@ from starlette.exceptions import HTTPException
 
 from pipeline import __version__
 from pipeline.service.backend import ServedIndex, close_indexes, elapsed_ms, open_indexes
-from pipeline.service.guard import Guard, Limits
+from pipeline.service.guard import Guard, Limits, error_body
 
 WEB = Path(__file__).resolve().parents[1] / "resources" / "web"
+REQUEST_ID_HEADER = "x-request-id"
+log = logging.getLogger("pipeline.service")
 PAGE_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
 
@@ -39,9 +43,11 @@ class ApiError(HTTPException):
         self.field = field
 
 
-def error_response(status: int, field: str | None, message: str) -> JSONResponse:
-    text = f"{field}: {message}" if field else message
-    return JSONResponse({"error": text, "field": field, "status": status}, status_code=status)
+def error_response(status: int, field: str | None, message: str, request_id: str | None = None) -> Response:
+    """An error in the body ``guard.error_body`` makes; a request id also travels as ``x-request-id``."""
+    headers = {REQUEST_ID_HEADER: request_id} if request_id is not None else None
+    return Response(error_body(status, field, message, request_id), status_code=status,
+                    media_type="application/json", headers=headers)
 
 
 def field_name(loc: tuple) -> str:
@@ -117,6 +123,8 @@ class ErrorResponse(BaseModel):
     error: str
     field: Optional[str]
     status: int
+    request_id: Optional[str] = Field(None, description="500 only: the id the server logged the error under "
+                                                        "(also the x-request-id header)")
 
 
 def batch_request(limits: Limits) -> type[BaseModel]:
@@ -176,10 +184,10 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
                   description="SPLADE queries against Lucene impact indexes, with per-term explanations. "
                               "Shaped like Anserini's REST API (/v1/{index}/search, /v1/{index}/doc/{docid}).")
     app.add_middleware(Guard, limits=limits)
-    errors = {status: {"model": ErrorResponse} for status in (400, 404, 408, 413, 429)}
+    errors = {status: {"model": ErrorResponse} for status in (400, 404, 408, 413, 429, 500)}
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         loc = tuple(first.get("loc", ()))
         if first.get("type") == "json_invalid":
@@ -191,7 +199,7 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
         return error_response(400, field_name(loc), message + shown)
 
     @app.exception_handler(HTTPException)
-    async def refused(request: Request, exc: HTTPException) -> JSONResponse:
+    async def refused(request: Request, exc: HTTPException) -> Response:
         field = getattr(exc, "field", None)
         if exc.status_code == 404 and field is None:
             return error_response(404, None, f"no route {request.method} {request.url.path}")
@@ -200,8 +208,14 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
         return error_response(exc.status_code, field, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, None, f"internal error: {type(exc).__name__}: {exc}"[:300])
+    async def failed(request: Request, exc: Exception) -> Response:
+        # The exception stays on the server (it may name paths, settings or data); the client gets
+        # an id to quote, which the log line carries with the traceback.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("request %s: %s %s failed", request_id, request.method, request.url.path,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return error_response(500, None, f"internal error; the server logged it as request {request_id}",
+                              request_id)
 
     def index_named(request: Request, name: str) -> ServedIndex:
         served_now: dict[str, ServedIndex] = request.app.state.indexes

@@ -38,9 +38,14 @@ class Limits:
     max_head_bytes: int = 128 * 1024  # request line and headers: room for a 100 kB query to be refused by name
 
 
-def error_body(status: int, field: str | None, message: str) -> bytes:
+def error_body(status: int, field: str | None, message: str, request_id: str | None = None) -> bytes:
+    """The one error body of the service (the guard's refusals and the application's errors alike);
+    a 500 adds the ``request_id`` under which the server logged what went wrong."""
     text = f"{field}: {message}" if field else message
-    return json.dumps({"error": text, "field": field, "status": status}).encode()
+    body: dict[str, Any] = {"error": text, "field": field, "status": status}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json.dumps(body).encode()
 
 
 async def send_error(send, status: int, field: str | None, message: str,
