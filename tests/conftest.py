@@ -53,17 +53,17 @@ def scifact() -> Path:
 
 @pytest.fixture(scope="session")
 def scifact_slice(tmp_path_factory, scifact) -> Path:
-    """A BEIR folder with the judged documents of 60 test queries plus 340 others (400 docs)."""
+    """A BEIR folder with the judged documents of 30 test queries plus others, 200 docs in all."""
     from pipeline.readers import read_qrels
 
     qrels = read_qrels(scifact / "qrels" / "test.tsv")
-    qids = sorted(qrels, key=lambda q: int(q))[:60]
+    qids = sorted(qrels, key=lambda q: int(q))[:30]
     wanted = {doc for q in qids for doc in qrels[q]}
     out = tmp_path_factory.mktemp("scifact-slice")
     (out / "qrels").mkdir()
     lines = (scifact / "corpus.jsonl").read_text().splitlines(keepends=True)
     ids = [json.loads(line)["_id"] for line in lines]
-    others = set([i for i in ids if i not in wanted][:400 - len(wanted)])
+    others = set([i for i in ids if i not in wanted][:200 - len(wanted)])
     kept = [(i, line) for i, line in zip(ids, lines) if i in wanted or i in others]
     (out / "corpus.jsonl").write_text("".join(line for _, line in kept))
     with open(scifact / "queries.jsonl") as source:

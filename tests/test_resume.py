@@ -1,5 +1,5 @@
 """SIGKILL at any moment, then the same command again: every document exactly once, and files
-byte-identical to an uninterrupted run (real model, 200 SciFact documents in 10 shards, real CLI
+byte-identical to an uninterrupted run (real model, 100 SciFact documents in 10 shards, real CLI
 processes)."""
 
 import json
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # real encode processes killed mid-write
 
 def start_encode(corpus: Path, output: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "encode", "--corpus", str(corpus),
-                             "--output", str(output), "--shard-size", "20", "--quiet"],
+                             "--output", str(output), "--shard-size", "10", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -41,7 +41,7 @@ def finished_shards(folder: Path) -> int:
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, scifact_slice):
     corpus = tmp_path / "corpus.jsonl"  # 10 shards: enough for every kill point below, before the last one
-    corpus.write_text("".join((scifact_slice / "corpus.jsonl").read_text().splitlines(keepends=True)[:200]))
+    corpus.write_text("".join((scifact_slice / "corpus.jsonl").read_text().splitlines(keepends=True)[:100]))
     reference = tmp_path / "reference"
     done = start_encode(corpus, reference)
     assert done.wait() == 0, done.stderr.read()
