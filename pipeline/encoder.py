@@ -49,9 +49,28 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """``int(round(w * scale))`` with zeros dropped (round half to even, as Python's round)."""
-    values = np.rint(vector.weights.astype(np.float64) * scale).astype(np.int64)
+QUANTISATIONS = ("scale", "anserini")
+ANSERINI_SCALE = 256 / 5  # what --quantisation anserini records as its scale
+ACTIVATIONS = ("relu", "log1p_relu")  # SpladePooling's: log1p(relu(x)), or log1p of that again
+
+
+def quantise(vector: SparseVector, scale: float, rule: str = "scale") -> tuple[np.ndarray, np.ndarray]:
+    """Integer impacts with zeros dropped; round half to even, as Python's round.
+
+    ``scale``: ``round(w * scale)``, this project's rule. ``anserini``: ``round(w / 5 * 256)``,
+    the expression Pyserini's SPLADE encoders evaluate (weights up to 5 spread over 256 levels);
+    the same scale, 51.2, but written as they write it, because ``w * 51.2`` and ``w / 5 * 256``
+    can differ in the last bit, and a weight on a rounding boundary would then round the other
+    way: an index built with this rule matches theirs term for term (tests/test_quantisation.py).
+    """
+    weights = vector.weights.astype(np.float64)
+    if rule == "anserini":
+        values = np.rint(weights / 5 * 256)
+    elif rule == "scale":
+        values = np.rint(weights * scale)
+    else:
+        raise ValueError(f"quantisation must be one of {QUANTISATIONS}, got {rule!r}")
+    values = values.astype(np.int64)
     keep = values > 0
     return vector.ids[keep], values[keep]
 
@@ -84,9 +103,15 @@ class SpladeEncoder:
 
     def __init__(self, model: ModelRef, pooling: str = "max", max_length: int = 512,
                  threads: int | None = None, device: str | None = "cpu", precision: str | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", prompt: str = "", activation: str = "relu"):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if activation not in ACTIVATIONS or (activation == "log1p_relu" and pooling != "max"):
+            # log1p is monotone, so it commutes with max pooling (applied once to the pooled
+            # weight); with sum pooling it would have to run on every token before the sum
+            raise ValueError(f"activation {activation!r} with {pooling} pooling is not supported")
+        self.prompt = prompt  # prepended to every text before tokenisation (sentence-transformers' prompts)
+        self.activation = activation
         import torch
 
         self.torch = torch
@@ -129,7 +154,8 @@ class SpladeEncoder:
     # -- tokenisation -------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+        texts = [self.prompt + text for text in texts] if self.prompt else list(texts)
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length,
                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     # -- transformer --------------------------------------------------------------------------
@@ -197,6 +223,8 @@ class SpladeEncoder:
         cols = cols.to(torch.int32).cpu().numpy()
         counts = torch.bincount(rows, minlength=dense.shape[0]).cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(counts)])
+        if self.activation == "log1p_relu":  # max pooling only (checked at load): log1p after the max
+            values = np.log1p(values)
         return [SparseVector(cols[bounds[i]:bounds[i + 1]], values[bounds[i]:bounds[i + 1]])
                 for i in range(dense.shape[0])]
 
@@ -283,7 +311,7 @@ class SpladeEncoder:
     def tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.id_to_token[i] for i in ids]
 
-    def to_terms(self, vector: SparseVector, scale: float) -> dict[str, int]:
+    def to_terms(self, vector: SparseVector, scale: float, rule: str = "scale") -> dict[str, int]:
         """Quantised ``{token: int}`` as written to JsonVectorCollection files and impact queries."""
-        ids, values = quantise(vector, scale)
+        ids, values = quantise(vector, scale, rule)
         return dict(zip(self.tokens(ids.tolist()), values.tolist()))

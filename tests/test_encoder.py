@@ -115,12 +115,13 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
     """The service encodes one query at a time (a batch of one, one torch thread); the search stage
     encodes a topics file in batches. Every SciFact query gets the same float weights, hence the
     same integers, even though this encoder otherwise runs on two threads."""
+    from pipeline.encoders import ModelQueries
     from pipeline.readers import read_topics
     from pipeline.search import encode_queries
 
     topics = read_topics(scifact / "queries.jsonl")
     assert encoder.threads == 2 or torch.get_num_threads() == encoder.threads
-    batched = encode_queries(encoder, topics, 100, 32, progress=False)
+    batched = encode_queries(ModelQueries(encoder, 100, "scale"), topics, 32, progress=False)
     assert torch.get_num_threads() == encoder.threads  # restored
     vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), 32)
     assert torch.get_num_threads() == encoder.threads  # restored
