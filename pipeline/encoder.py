@@ -15,12 +15,12 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline import backends, blas, devices
+from pipeline.impacts import ANSERINI_SCALE, QUANTISATIONS, SparseVector, quantise  # noqa: F401  (re-exported)
 from pipeline.models import ModelRef, load_masked_lm  # noqa: F401  (load_masked_lm: used by train)
 from pipeline.projection import (GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups,  # noqa: F401
                                  project, project_padded, project_rows)
@@ -34,45 +34,11 @@ TOKENIZE_WINDOW = 4096  # texts tokenised ahead by the background thread
 CPU_BATCH_TOKENS = 1024
 
 
-@dataclass(frozen=True)
-class SparseVector:
-    """Vocabulary ids with their (float) weights, ids ascending."""
-
-    ids: np.ndarray
-    weights: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-QUANTISATIONS = ("scale", "anserini")
-ANSERINI_SCALE = 256 / 5  # what --quantisation anserini records as its scale
 ACTIVATIONS = ("relu", "log1p_relu")  # SpladePooling's: log1p(relu(x)), or log1p of that again
-
-
-def quantise(vector: SparseVector, scale: float, rule: str = "scale") -> tuple[np.ndarray, np.ndarray]:
-    """Integer impacts with zeros dropped; round half to even, as Python's round.
-
-    ``scale``: ``round(w * scale)``, this project's rule. ``anserini``: ``round(w / 5 * 256)``,
-    the expression Pyserini's SPLADE encoders evaluate (weights up to 5 spread over 256 levels);
-    the same scale, 51.2, but written as they write it, because ``w * 51.2`` and ``w / 5 * 256``
-    can differ in the last bit, and a weight on a rounding boundary would then round the other
-    way: an index built with this rule matches theirs term for term (tests/test_quantisation.py).
-    """
-    weights = vector.weights.astype(np.float64)
-    if rule == "anserini":
-        values = np.rint(weights / 5 * 256)
-    elif rule == "scale":
-        values = np.rint(weights * scale)
-    else:
-        raise ValueError(f"quantisation must be one of {QUANTISATIONS}, got {rule!r}")
-    values = values.astype(np.int64)
-    keep = values > 0
-    return vector.ids[keep], values[keep]
 
 
 def token_batches(lengths: Sequence[int], budget: int, one_length: bool = False) -> list[tuple[int, int]]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline import backends, models
 from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.impacts import SparseVector, quantise
 
 RULES = ("tokens", "idf")  # inference-free query sides named by rule (and idf:FILE)
 MODULES = "modules.json"
@@ -628,12 +629,17 @@ class ModelQueries:
         self.scale, self.quantisation = scale, quantisation
         self._lock = threading.Lock()  # a fast tokenizer's settings are mutated per call
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32,
-               on_batch: Callable[[int], object] | None = None) -> list[dict[str, int]]:
+    def vectors(self, texts: Sequence[str], batch_size: int = 32,
+                on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+        """Float weights per text, before quantisation: what ``encode_query`` gives."""
         with self._lock:
             ids = self.encoder.tokenize(texts)
-        vectors = self.encoder.encode_queries(ids, batch_size, on_batch)
-        return [self.encoder.to_terms(vector, self.scale, self.quantisation) for vector in vectors]
+        return self.encoder.encode_queries(ids, batch_size, on_batch)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               on_batch: Callable[[int], object] | None = None) -> list[dict[str, int]]:
+        return [self.encoder.to_terms(vector, self.scale, self.quantisation)
+                for vector in self.vectors(texts, batch_size, on_batch)]
 
     def spans(self, text: str) -> list[tuple[str, int, int]]:
         from pipeline.explain import token_spans
@@ -649,29 +655,27 @@ class StaticQueries:
 
     def __init__(self, tokenizer: WordPieces, weights: np.ndarray, scale: float, quantisation: str,
                  max_length: int, prompt: str = ""):
-        from pipeline.encoder import SparseVector, quantise
-
-        self._vector, self._quantise = SparseVector, quantise
         self.tokenizer, self.weights = tokenizer, weights
         self.scale, self.quantisation = scale, quantisation
         self.max_length, self.prompt = max_length, prompt
 
-    def vectors(self, texts: Sequence[str]) -> list[Any]:
-        """Float weights per text (``SparseVector``), before quantisation: what ``encode_query`` gives."""
+    def vectors(self, texts: Sequence[str], batch_size: int = 32,
+                on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
+        """Float weights per text, before quantisation: what ``encode_query`` gives."""
         found = []
         for ids in self.tokenizer.ids([self.prompt + text for text in texts], self.max_length):
             unique = np.unique(np.asarray(ids, dtype=np.int64))
             unique = unique[unique < len(self.weights)]
             weights = self.weights[unique]
             keep = weights != 0
-            found.append(self._vector(unique[keep].astype(np.int32), weights[keep]))
+            found.append(SparseVector(unique[keep].astype(np.int32), weights[keep]))
         return found
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,
                on_batch: Callable[[int], object] | None = None) -> list[dict[str, int]]:
         found = []
         for vector in self.vectors(texts):
-            ids, values = self._quantise(vector, self.scale, self.quantisation)
+            ids, values = quantise(vector, self.scale, self.quantisation)
             found.append({self.tokenizer.id_to_token[i]: v for i, v in zip(ids.tolist(), values.tolist())})
         if on_batch:
             on_batch(len(texts))

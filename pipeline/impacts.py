@@ -1,0 +1,47 @@
+"""Sparse vectors and the rule that turns their float weights into integer impacts.
+
+Kept apart from ``pipeline.encoder`` (which needs torch) so that an inference-free query side
+quantises its weights without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Vocabulary ids with their (float) weights, ids ascending."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+QUANTISATIONS = ("scale", "anserini")
+ANSERINI_SCALE = 256 / 5  # what --quantisation anserini records as its scale
+
+
+def quantise(vector: SparseVector, scale: float, rule: str = "scale") -> tuple[np.ndarray, np.ndarray]:
+    """Integer impacts with zeros dropped; round half to even, as Python's round.
+
+    ``scale``: ``round(w * scale)``, this project's rule. ``anserini``: ``round(w / 5 * 256)``,
+    the expression Pyserini's SPLADE encoders evaluate (weights up to 5 spread over 256 levels);
+    the same scale, 51.2, but written as they write it, because ``w * 51.2`` and ``w / 5 * 256``
+    can differ in the last bit, and a weight on a rounding boundary would then round the other
+    way: an index built with this rule matches theirs term for term (tests/test_quantisation.py).
+    """
+    weights = vector.weights.astype(np.float64)
+    if rule == "anserini":
+        values = np.rint(weights / 5 * 256)
+    elif rule == "scale":
+        values = np.rint(weights * scale)
+    else:
+        raise ValueError(f"quantisation must be one of {QUANTISATIONS}, got {rule!r}")
+    values = values.astype(np.int64)
+    keep = values > 0
+    return vector.ids[keep], values[keep]
