@@ -30,10 +30,12 @@ def quantise(vector: SparseVector, scale: float, rule: str = "scale") -> tuple[n
     """Integer impacts with zeros dropped; round half to even, as Python's round.
 
     ``scale``: ``round(w * scale)``, this project's rule. ``anserini``: ``round(w / 5 * 256)``,
-    the expression Pyserini's SPLADE encoders evaluate (weights up to 5 spread over 256 levels);
-    the same scale, 51.2, but written as they write it, because ``w * 51.2`` and ``w / 5 * 256``
-    can differ in the last bit, and a weight on a rounding boundary would then round the other
-    way: an index built with this rule matches theirs term for term (tests/test_quantisation.py).
+    the expression Pyserini's SPLADE encoders evaluate (weights up to 5 spread over 256 levels),
+    evaluated as they write it, so an index built with it matches theirs term for term
+    (tests/test_quantisation.py). It is scale 51.2 under a name users can find: ``w * 51.2`` and
+    ``w / 5 * 256`` differ in the last bit for about a third of float32 weights, but round alike
+    for every float32 weight from 0.001 to 40 (checked exhaustively), so ``--scale 51.2`` indexes
+    the same; the name also fixes the scale, where a typed one may be off.
     """
     weights = vector.weights.astype(np.float64)
     if rule == "anserini":
