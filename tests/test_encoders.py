@@ -243,3 +243,79 @@ def test_pooling_against_the_folders_config_is_refused(built):
         encoders.resolve(str(built["symmetric"][0]), pooling="sum")
     with pytest.raises(PipelineError, match=r"--max-length 64 exceeds what .* supports \(48 tokens\)"):
         encoders.resolve(str(built["symmetric"][0]), max_length=64)
+
+
+# -- through the stages: the index records the query side, search and serve restore it ----------
+
+QUIET = {"progress": False, "say": lambda text: None}
+
+
+@pytest.fixture(scope="module")
+def router_index(built, tmp_path_factory):
+    from pipeline import stages
+    from pipeline.demo import DEMO_DATA
+
+    root = tmp_path_factory.mktemp("router-index")
+    stages.encode(DEMO_DATA / "corpus.jsonl", root / "collection", str(built["router"][0]), threads=2, **QUIET)
+    stages.index(root / "collection", root / "index", threads=2, **QUIET)
+    return root
+
+
+@pytest.mark.slow
+def test_router_index_searches_with_its_own_query_route(built, router_index):
+    from pipeline import stages
+    from pipeline.demo import DEMO_DATA, collection_vectors
+    from pipeline.errors import ConsistencyError
+    from pipeline.index import load_record
+    from pipeline.readers import read_run, read_topics
+
+    record = load_record(router_index / "index")
+    assert record["query_encoder"]["kind"] == "static"
+    assert record["encoder"]["location"].endswith("document_0_MLMTransformer")
+    topics_file = DEMO_DATA / "queries.jsonl"
+    stages.search(router_index / "index", router_index / "run.txt", topics_file, threads=2, **QUIET)
+    spec = encoders.query_spec(record)
+    assert spec.inference_free
+    texts = read_topics(topics_file)
+    terms = encoders.load_queries(spec).encode(list(texts.values()))
+    theirs = _quantised(_st(built["router"][1], list(texts.values()), "query"))
+    vocab = encoders.WordPieces.load(spec.side.tokenizer).id_to_token
+    assert terms == [{vocab[i]: w for i, w in found.items()} for found in theirs]
+    # every hit's score is the dot product of the query's terms and the document's impacts
+    docs = collection_vectors(router_index / "collection")
+    run = read_run(router_index / "run.txt")
+    for (qid, hits), query in zip(run.items(), terms):
+        for docid, score in list(hits.items())[:5]:
+            assert score == sum(w * docs[docid]["vector"].get(t, 0) for t, w in query.items())
+    with pytest.raises(ConsistencyError, match=r"query encoder: index .*router.* \(static:sha256:\w+\), query tokens"):
+        stages.search(router_index / "index", router_index / "run2.txt", topics_file,
+                      options=encoders.Options(query_encoder="tokens"), **QUIET)
+    assert not (router_index / "run2.txt").exists()
+
+
+@pytest.mark.slow
+def test_idf_side_weighs_by_the_indexs_postings_and_bad_tables_write_nothing(router_index, tmp_path):
+    from pipeline import stages
+    from pipeline.demo import collection_vectors
+    from pipeline.index import load_record
+
+    record = stages.index(router_index / "collection", router_index / "index", query_encoder="idf", **QUIET)
+    assert record["query_encoder"]["kind"] == "idf" and load_record(router_index / "index") == record
+    queries = encoders.load_queries(encoders.query_spec(record), index=router_index / "index")
+    docs = collection_vectors(router_index / "collection")
+    df = {}
+    for doc in docs.values():
+        for term in doc["vector"]:
+            df[term] = df.get(term, 0) + 1
+    vocab = queries.tokenizer.vocab
+    expected = encoders.bm25_idf(len(docs), np.array([df.get(token, 0) for token in sorted(vocab, key=vocab.get)]))
+    np.testing.assert_array_equal(queries.weights, expected)
+    assert np.count_nonzero(queries.weights) == len(df)
+    bad = tmp_path / "idf.json"
+    bad.write_text(json.dumps({"coral": -2}))
+    with pytest.raises(InputError, match=r"idf\.json: weight of 'coral' must be a finite number"):
+        stages.index(router_index / "collection", tmp_path / "other-index", query_encoder=f"idf:{bad}", **QUIET)
+    assert not (tmp_path / "other-index").exists()
+    with pytest.raises(InputError, match=r"idf\.json: weight of 'coral'"):  # a finished index keeps its record
+        stages.index(router_index / "collection", router_index / "index", query_encoder=f"idf:{bad}", **QUIET)
+    assert load_record(router_index / "index") == record
