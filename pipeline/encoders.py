@@ -710,8 +710,12 @@ def load_queries(spec: QuerySpec, threads: int | None = None, device: str | None
             if token in tokenizer.vocab:
                 df[tokenizer.vocab[token]] = count
         weights = bm25_idf(documents, df)
-    elif side.rule == "idf-file":
-        weights = idf_table(Path(side.source), tokenizer.vocab)
-    else:
-        weights = static_weights(Path(side.source))
+    else:  # a table in a file: the one the index recorded, unchanged since
+        source = Path(side.source)
+        if not source.is_file():
+            raise InputError(source, "the query side's weight table is missing")
+        if side.fingerprint.split("sha256:", 1)[-1] != _file_digest(source):
+            raise ConsistencyError(f"{source} changed since the index recorded it as its query side; "
+                                   "record it again with index --query-encoder")
+        weights = idf_table(source, tokenizer.vocab) if side.rule == "idf-file" else static_weights(source)
     return StaticQueries(tokenizer, weights, spec.scale, spec.quantisation, side.max_length, side.prompt)
