@@ -319,3 +319,27 @@ def test_idf_side_weighs_by_the_indexs_postings_and_bad_tables_write_nothing(rou
     with pytest.raises(InputError, match=r"idf\.json: weight of 'coral'"):  # a finished index keeps its record
         stages.index(router_index / "collection", router_index / "index", query_encoder=f"idf:{bad}", **QUIET)
     assert load_record(router_index / "index") == record
+
+
+@pytest.mark.slow
+def test_service_serves_an_inference_free_index_without_a_model(built, router_index):
+    from pipeline.search import ImpactSearcher
+    from pipeline.service.backend import close_indexes, open_indexes
+
+    served = open_indexes({"router": router_index / "index"})
+    try:
+        index = served["router"]
+        assert index.describe()["inference_free"] and index.describe()["query_encoder"]["kind"] in ("static", "idf")
+        assert isinstance(index.encoder, encoders.StaticQueries)  # a table, no SpladeEncoder loaded
+        terms = index.encode(QUERIES)
+        spec = encoders.query_spec(index.record)
+        assert terms == encoders.load_queries(spec, index=router_index / "index").encode(QUERIES)
+        searcher = ImpactSearcher(router_index / "index")
+        try:
+            expected, _ = searcher.search({str(i): t for i, t in enumerate(terms)}, 10)
+        finally:
+            searcher.close()
+        assert index.search({str(i): t for i, t in enumerate(terms)}, 10) == expected
+        assert any(expected.values())
+    finally:
+        close_indexes(served)
