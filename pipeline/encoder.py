@@ -12,7 +12,6 @@ the padded batch with masked rows on a GPU, where one batched kernel beats many 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from pipeline import backends, blas, devices
+from pipeline.devices import default_threads  # noqa: F401  (also re-exported: train, benchmarks)
 from pipeline.impacts import ANSERINI_SCALE, QUANTISATIONS, SparseVector, quantise  # noqa: F401  (re-exported)
 from pipeline.models import ModelRef, load_masked_lm  # noqa: F401  (load_masked_lm: used by train)
 from pipeline.projection import (GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups,  # noqa: F401
@@ -32,10 +32,6 @@ TOKENIZE_WINDOW = 4096  # texts tokenised ahead by the background thread
 # (8,192-token batches, the file at commit f9b9298) to 2.41x with 1,024, and on MS MARCO passages
 # from 0.90x to 1.34x the plain loop.
 CPU_BATCH_TOKENS = 1024
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 ACTIVATIONS = ("relu", "log1p_relu")  # SpladePooling's: log1p(relu(x)), or log1p of that again

@@ -1,7 +1,7 @@
-"""Sparse vectors and the rule that turns their float weights into integer impacts.
+"""Sparse vectors: the poolings that make them and the rule that turns their weights into impacts.
 
-Kept apart from ``pipeline.encoder`` (which needs torch) so that an inference-free query side
-quantises its weights without importing torch.
+Kept apart from ``pipeline.encoder`` (which needs torch) so that an inference-free query side, and
+the search stage that uses one, quantise weights without importing torch.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+POOLINGS = ("max", "sum")  # over a text's tokens: SPLADE v2 and later, v1
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from pipeline import backends, encoders, outputs
 from pipeline.collection import DEFAULT_SHARD_SIZE, EncodeSettings, encode_corpus
-from pipeline.encoder import POOLINGS, default_threads
-from pipeline.impacts import ANSERINI_SCALE, QUANTISATIONS
+from pipeline.devices import default_threads
+from pipeline.impacts import ANSERINI_SCALE, POOLINGS, QUANTISATIONS
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import RECORD, build_index
 from pipeline.readers import read_encoded_queries, read_topics
