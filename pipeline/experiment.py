@@ -154,7 +154,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     header = ["dataset", "encoder", "queries", *names, "postings/doc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["dataset"], row["encoder"], str(row["queries"]),
+        query = row.get("query_encoder", row["encoder"])
+        encoder = row["encoder"] if query == row["encoder"] else f"{row['encoder']} (queries: {query})"
+        cells = [row["dataset"], encoder, str(row["queries"]),
                  *(f"{row['metrics'][n]:.4f}" for n in names), f"{row['postings_per_doc']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

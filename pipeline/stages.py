@@ -106,8 +106,9 @@ def index(collection: Path, index_dir: Path, threads: int | None = None, store_r
     """JsonVectorCollection to a Lucene impact index, verified against the manifest.
 
     ``query_encoder`` (``--query-encoder``): the query side the record names for searches of this
-    index (default: the collection's model, or its Router's query route); checked against the
-    collection's encoder (same vocabulary) before anything is built.
+    index; ``None``: the default, the collection's model (or its Router's query route). Checked
+    against the collection's encoder (same vocabulary) before anything is built; on a finished
+    index only the record changes.
     """
     def query_side(manifest: dict[str, Any] | None, existing: dict[str, Any] | None) -> dict[str, Any] | None:
         if manifest is None:
@@ -117,12 +118,10 @@ def index(collection: Path, index_dir: Path, threads: int | None = None, store_r
             return None
         settings = manifest["settings"]
         document = encoders.document_side(settings)
-        default = None
-        if document.folder and query_encoder is None:  # a SparseEncoder folder: its own query route
-            default = encoders.resolve(document.folder).query
-        if existing is not None and query_encoder is None and default is None:
-            return None  # keep what the finished index records
+        default = encoders.resolve(document.folder).query if document.folder and query_encoder is None else None
         side = encoders.query_side(query_encoder, document, default)
+        if existing is not None and "query_encoder" not in existing and side == document:
+            return None  # an index from before query sides were recorded: the same side, left as it is
         backend = settings["encoder"].get("backend", "torch") if not side.inference_free else "torch"
         return side.describe(backend, settings["encoder"].get("precision") if not side.inference_free else None)
 
