@@ -39,7 +39,6 @@ from pipeline import backends, models
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.impacts import SparseVector, quantise
 
-RULES = ("tokens", "idf")  # inference-free query sides named by rule (and idf:FILE)
 MODULES = "modules.json"
 ROUTER_CONFIG = "router_config.json"
 ST_CONFIG = "config_sentence_transformers.json"
