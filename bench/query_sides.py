@@ -21,6 +21,7 @@ remove-query rule (``auto``: no query is judged relevant to itself there), CACM 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import common
@@ -38,10 +39,18 @@ SIDES = {"model": "splade-tiny", "tokens": "tokens", "idf": "idf"}
 CACHE = Path("/work/cache/collections")
 
 
-def collection_for(name: str, corpus: Path, collections: Path | None, work: Path, threads: int) -> Path:
-    """An existing finished collection of this corpus (reused as is), else one encoded here."""
+def collection_for(name: str, corpus: Path, collections: Path | None, work: Path, threads: int,
+                   wait_minutes: float = 0) -> Path:
+    """An existing finished collection of this corpus (reused as is), else one encoded here.
+
+    ``wait_minutes``: a collection another process is still encoding (a plan, no manifest yet) is
+    waited for that long before this script encodes its own copy.
+    """
     if collections is not None:
         found = collections / name
+        deadline = time.monotonic() + wait_minutes * 60
+        while (found / "plan.json").is_file() and load_manifest(found) is None and time.monotonic() < deadline:
+            time.sleep(20)
         manifest = load_manifest(found) if found.is_dir() else None
         if manifest is not None and Path(manifest["source"]["path"]) == corpus.resolve():
             return found
@@ -50,9 +59,10 @@ def collection_for(name: str, corpus: Path, collections: Path | None, work: Path
     return target
 
 
-def run_dataset(name: str, folder: Path, collections: Path | None, work: Path, threads: int) -> dict:
+def run_dataset(name: str, folder: Path, collections: Path | None, work: Path, threads: int,
+                wait_minutes: float = 0) -> dict:
     corpus, queries, qrels = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / "test.tsv"
-    collection = collection_for(name, corpus, collections, work, threads)
+    collection = collection_for(name, corpus, collections, work, threads, wait_minutes)
     index = work / "indexes" / name
     topics = judged_topics(queries, qrels)
     dropping, _ = self_hit_rule(REMOVE_QUERY.get(name, "never"), topics, qrels)
@@ -81,6 +91,8 @@ def main() -> None:
                              "corpus is the dataset's (default /work/cache/collections where present)")
     parser.add_argument("--workdir", type=Path, default=common.RESULTS / "work" / "query_sides")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-minutes", type=float, default=0,
+                        help="wait this long for a collection still being encoded in --collections")
     args = parser.parse_args()
     from pipeline.demo import DEMO_DATA
 
@@ -89,7 +101,7 @@ def main() -> None:
         args.workdir = args.results / "work-query_sides"
     else:
         folders = {name: common.DATASETS / name for name in args.datasets}
-    results = {name: run_dataset(name, folder, args.collections, args.workdir, args.threads)
+    results = {name: run_dataset(name, folder, args.collections, args.workdir, args.threads, args.wait_minutes)
                for name, folder in folders.items()}
     table = {name: {side: found["sides"][side]["nDCG@10"] for side in SIDES} for name, found in results.items()}
     common.write_result("query_sides", {"encoder": "splade-tiny", "metrics": "nDCG@10, R@100 (BEIR preset, test)",
