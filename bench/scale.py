@@ -237,7 +237,7 @@ def stage_queries(topics: list[list[str]], output: str | None, repeat_single: in
     """splade-tiny encodings of the topics (written to ``output``, when given); encoding timed one
     query at a time and in batches with ``threads`` torch threads (default: all cores)."""
     common.quiet_peers()
-    from pipeline import models, stages
+    from pipeline import encoders
     from pipeline.readers import read_topics
     from pipeline.search import encode_queries
 
@@ -245,15 +245,16 @@ def stage_queries(topics: list[list[str]], output: str | None, repeat_single: in
     for name, path, limit in topics:
         for qid, text in list(read_topics(Path(path)).items())[:int(limit)]:
             texts[f"{name}-{qid}"] = text
-    encoder = stages.load_encoder(models.resolve(None), "max", 512, threads)
-    encode_queries(encoder, dict(list(texts.items())[:8]), 100, 32, progress=False)  # warm-up
+    encoder = encoders.load_documents(encoders.resolve(None).document, threads)
+    queries = encoders.ModelQueries(encoder, 100, "scale")
+    encode_queries(queries, dict(list(texts.items())[:8]), 32, progress=False)  # warm-up
     single = []
     for text in list(texts.values())[:repeat_single]:
         start = time.perf_counter()
         encoder.to_terms(encoder.encode([text])[0], 100)
         single.append(time.perf_counter() - start)
     start = time.perf_counter()
-    vectors = encode_queries(encoder, texts, 100, 32, progress=False)
+    vectors = encode_queries(queries, texts, 32, progress=False)
     batch_seconds = time.perf_counter() - start
     if output:
         with open(output, "w") as handle:

@@ -65,18 +65,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+QUERY_ENCODER_HELP = ("what encodes queries: tokens (weight 1 per wordpiece, SPLADE-v3-Doc), idf (IDF from the "
+                      "index's postings), idf:FILE (an idf.json, OpenSearch doc-only models), or a checkpoint / "
+                      "sentence-transformers folder (a separate query encoder)")
+
+
+def _query_encoder(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--query-encoder", default=None, metavar="SIDE", help=f"{QUERY_ENCODER_HELP} ({default})")
+
+
 def _model_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
     parser.add_argument("--encoder", default=None,
-                        help="splade-tiny (embedded, default), a local checkpoint folder or a Hugging Face id")
+                        help="splade-tiny (embedded, default), a local checkpoint folder, a sentence-transformers "
+                             "SparseEncoder folder (modules.json) or a Hugging Face id")
     parser.add_argument("--batch-size", type=COUNT, default=32,
                         help="texts per forward pass (default 32; on the CPU at most 1,024 padded tokens)")
     parser.add_argument("--threads", type=COUNT, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--max-length", type=integer(2), default=512 if defaults else None,
-                        help="token limit per text" + (" (default 512)" if defaults else " (default: the index's)"))
-    parser.add_argument("--pooling", choices=("max", "sum"), default="max" if defaults else None,
-                        help="max (SPLADE v2) or sum (v1)" + (" (default max)" if defaults else ""))
-    parser.add_argument("--scale", type=POSITIVE, default=100 if defaults else None,
-                        help="quantisation: weight = int(round(w * scale))" + (" (default 100)" if defaults else ""))
+    parser.add_argument("--max-length", type=integer(2), default=None,
+                        help="token limit per text" + (" (default: the model's configuration, else 512)" if defaults
+                                                       else " (default: the index's)"))
+    parser.add_argument("--pooling", choices=("max", "sum"), default=None,
+                        help="max (SPLADE v2) or sum (v1)" + (" (default: the model's, else max)" if defaults
+                                                              else " (default: the index's)"))
+    parser.add_argument("--scale", type=POSITIVE, default=None,
+                        help="quantisation: weight = int(round(w * scale))" + (" (default 100)" if defaults
+                                                                                else " (default: the index's)"))
+    parser.add_argument("--quantisation", choices=("scale", "anserini"), default=None,
+                        help="scale (round(w * --scale), default) or anserini (round(w / 5 * 256), as Pyserini's "
+                             "SPLADE encoders write: an index that matches theirs term for term)")
     parser.add_argument("--device", default="cpu" if defaults else None,
                         help="cpu (default), cuda, cuda:N, mps, or auto (the first of cuda, mps, cpu found)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
@@ -113,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path, help="index folder, e.g. indexes/NAME")
     p.add_argument("--threads", type=COUNT, default=None, help="indexing threads (default: all cores)")
     p.add_argument("--store-raw", action="store_true", help="store each document's JSON in the index")
+    _query_encoder(p, "default: the collection's encoder, or its Router's query route; recorded for search and "
+                      "serve")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the index is complete")
     _common(p)
 
@@ -127,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("trec", "msmarco"), default="trec", help="run format (default trec)")
     p.add_argument("--run-tag", default="splade", help="last column of TREC runs (default splade)")
     _model_options(p, defaults=False)
+    _query_encoder(p, "default: the index's")
     p.add_argument("--force", action="store_true", help="search even if settings differ from the index's")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     _common(p)
@@ -211,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-query", action="store_true", help="same as --remove-query never")
     p.add_argument("--preset", choices=PRESETS, default="auto", help="evaluation preset (see evaluate --preset)")
     _model_options(p)
+    _query_encoder(p, "default: the encoder's own")
     p.add_argument("--overwrite", action="store_true", help="redo every stage")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
@@ -231,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=integer(1), default=1,
                    help="Lucene threads for a batch of queries, per worker (default 1); queries are encoded on "
                         "one torch thread, as the search stage encodes them")
+    _query_encoder(p, "default: each index's own")
+    p.add_argument("--force", action="store_true", help="serve with --query-encoder even where it differs from an "
+                                                        "index's")
     _common(p)
     return parser
 
@@ -245,18 +268,22 @@ def _run(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     if args.command == "encode":
-        stages.encode(args.corpus, args.output, args.encoder, args.batch_size, args.max_length, args.pooling,
-                      args.scale, args.threads, args.shard_size, args.overwrite, progress,
-                      device=args.device, precision=args.precision, backend=args.backend, ray=args.ray,
-                      ray_workers=args.ray_workers)
+        stages.encode(args.corpus, args.output, args.encoder, batch_size=args.batch_size, max_length=args.max_length,
+                      pooling=args.pooling, scale=args.scale, threads=args.threads, shard_size=args.shard_size,
+                      overwrite=args.overwrite, progress=progress, device=args.device, precision=args.precision,
+                      backend=args.backend, ray=args.ray, ray_workers=args.ray_workers,
+                      quantisation=args.quantisation)
     elif args.command == "index":
         stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose,
-                     progress=progress)
+                     progress=progress, query_encoder=args.query_encoder)
     elif args.command == "search":
-        stages.search(args.index, args.output, args.topics, args.encoder, args.hits, args.remove_query,
-                      args.format, args.threads, args.batch_size, args.encoded_queries, args.scale,
-                      args.pooling, args.max_length, args.force, args.overwrite, args.run_tag, progress,
-                      device=args.device, precision=args.precision, backend=args.backend)
+        from pipeline.encoders import Options
+
+        options = Options(args.encoder, args.query_encoder, args.pooling, args.max_length, args.scale,
+                          args.quantisation, args.backend, args.precision, args.device)
+        stages.search(args.index, args.output, args.topics, args.encoded_queries, options=options, hits=args.hits,
+                      remove_query=args.remove_query, fmt=args.format, tag=args.run_tag, threads=args.threads,
+                      batch_size=args.batch_size, force=args.force, overwrite=args.overwrite, progress=progress)
     elif args.command == "evaluate":
         from pipeline.evaluate import evaluate_files
 
@@ -302,7 +329,8 @@ def _run(args: argparse.Namespace) -> int:
                              remove_query="never" if args.keep_query else args.remove_query, progress=progress,
                              verbose=args.verbose, corpus=args.corpus, topics=args.topics, qrels=args.qrels,
                              preset=args.preset, device=args.device, precision=args.precision,
-                             backend=args.backend)
+                             backend=args.backend, query_encoder=args.query_encoder,
+                             quantisation=args.quantisation)
         print(json.dumps(result, indent=2) if args.json else results_table([result]))
     elif args.command == "demo":
         from pipeline.demo import run_demo
@@ -312,7 +340,8 @@ def _run(args: argparse.Namespace) -> int:
         from pipeline.service import serve
         from pipeline.service.backend import index_names
 
-        serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose)
+        serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose,
+              query_encoder=args.query_encoder, force=args.force)
     return 0
 
 

@@ -57,15 +57,22 @@ class EncodeSettings:
     batch_size: int
     shard_size: int = DEFAULT_SHARD_SIZE
     device: str = "cpu"
+    quantisation: str = "scale"  # pipeline.encoder.QUANTISATIONS
+    prompt: str = ""  # prepended to each text (a sentence-transformers model's document prompt)
+    activation: str = "relu"  # SpladePooling's activation
 
     def key(self) -> dict[str, Any]:
         """The fields compared between runs (the encoder by fingerprint, not by where it lies)."""
         return settings_key(asdict(self))
 
 
+SETTING_DEFAULTS = {"quantisation": "scale", "prompt": "", "activation": "relu"}  # absent from older records
+
+
 def settings_key(settings: dict[str, Any]) -> dict[str, Any]:
-    """Recorded settings in comparable form: the encoder by fingerprint, not by where it lies."""
-    return {**settings, "encoder": settings["encoder"]["fingerprint"]}
+    """Recorded settings in comparable form: the encoder by fingerprint, not by where it lies;
+    settings added later read as their defaults, so older collections still resume."""
+    return {**SETTING_DEFAULTS, **settings, "encoder": settings["encoder"]["fingerprint"]}
 
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -252,7 +259,7 @@ def shard_content(plan: dict[str, Any], index: int, docs: list[Document], encode
     vectors = iter(encoder.encode(texts, settings["batch_size"], on_batch=on_progress))
     lines, postings = [], []
     for doc in docs:
-        terms = encoder.to_terms(next(vectors), scale) if doc.text else {}
+        terms = encoder.to_terms(next(vectors), scale, settings.get("quantisation", "scale")) if doc.text else {}
         lines.append(document_line(doc.id, doc.text, terms))
         postings.append(len(terms))
     emptied = sum(1 for doc, count in zip(docs, postings) if doc.text and not count)

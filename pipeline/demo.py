@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline import models, stages
+from pipeline import encoders, stages
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, text_tokens
 from pipeline.experiment import results_table, run_dataset
@@ -45,7 +45,7 @@ def run_demo(workdir: Path | None = None, query_id: str = DEFAULT_QUERY, top: in
         topics = read_topics(DEMO_DATA / "queries.jsonl")
         if query_id not in topics:
             raise PipelineError(f"demo has no query {query_id!r}; choose one of {', '.join(topics)}")
-        encoder = stages.load_encoder(models.resolve(None), "max", 512, threads)
+        encoder = encoders.load_documents(encoders.resolve(None).document, threads)
         text = topics[query_id]
         query_terms = encoder.to_terms(encoder.encode([text])[0], 100)
         query_tokens = text_tokens(encoder.tokenizer, text)

@@ -13,10 +13,17 @@ and slow elsewhere) and on GPUs that support it.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")

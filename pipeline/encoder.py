@@ -12,15 +12,15 @@ the padded batch with masked rows on a GPU, where one batched kernel beats many 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline import backends, blas, devices
+from pipeline.devices import default_threads  # noqa: F401  (also re-exported: train, benchmarks)
+from pipeline.impacts import ANSERINI_SCALE, QUANTISATIONS, SparseVector, quantise  # noqa: F401  (re-exported)
 from pipeline.models import ModelRef, load_masked_lm  # noqa: F401  (load_masked_lm: used by train)
 from pipeline.projection import (GROUP_TOKENS, POOLINGS, VOCAB_TILE, groups as _groups,  # noqa: F401
                                  project, project_padded, project_rows)
@@ -34,26 +34,7 @@ TOKENIZE_WINDOW = 4096  # texts tokenised ahead by the background thread
 CPU_BATCH_TOKENS = 1024
 
 
-@dataclass(frozen=True)
-class SparseVector:
-    """Vocabulary ids with their (float) weights, ids ascending."""
-
-    ids: np.ndarray
-    weights: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def quantise(vector: SparseVector, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """``int(round(w * scale))`` with zeros dropped (round half to even, as Python's round)."""
-    values = np.rint(vector.weights.astype(np.float64) * scale).astype(np.int64)
-    keep = values > 0
-    return vector.ids[keep], values[keep]
+ACTIVATIONS = ("relu", "log1p_relu")  # SpladePooling's: log1p(relu(x)), or log1p of that again
 
 
 def token_batches(lengths: Sequence[int], budget: int, one_length: bool = False) -> list[tuple[int, int]]:
@@ -84,9 +65,15 @@ class SpladeEncoder:
 
     def __init__(self, model: ModelRef, pooling: str = "max", max_length: int = 512,
                  threads: int | None = None, device: str | None = "cpu", precision: str | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", prompt: str = "", activation: str = "relu"):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if activation not in ACTIVATIONS or (activation == "log1p_relu" and pooling != "max"):
+            # log1p is monotone, so it commutes with max pooling (applied once to the pooled
+            # weight); with sum pooling it would have to run on every token before the sum
+            raise ValueError(f"activation {activation!r} with {pooling} pooling is not supported")
+        self.prompt = prompt  # prepended to every text before tokenisation (sentence-transformers' prompts)
+        self.activation = activation
         import torch
 
         self.torch = torch
@@ -129,7 +116,8 @@ class SpladeEncoder:
     # -- tokenisation -------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+        texts = [self.prompt + text for text in texts] if self.prompt else list(texts)
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length,
                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     # -- transformer --------------------------------------------------------------------------
@@ -197,6 +185,8 @@ class SpladeEncoder:
         cols = cols.to(torch.int32).cpu().numpy()
         counts = torch.bincount(rows, minlength=dense.shape[0]).cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(counts)])
+        if self.activation == "log1p_relu":  # max pooling only (checked at load): log1p after the max
+            values = np.log1p(values)
         return [SparseVector(cols[bounds[i]:bounds[i + 1]], values[bounds[i]:bounds[i + 1]])
                 for i in range(dense.shape[0])]
 
@@ -283,7 +273,7 @@ class SpladeEncoder:
     def tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.id_to_token[i] for i in ids]
 
-    def to_terms(self, vector: SparseVector, scale: float) -> dict[str, int]:
+    def to_terms(self, vector: SparseVector, scale: float, rule: str = "scale") -> dict[str, int]:
         """Quantised ``{token: int}`` as written to JsonVectorCollection files and impact queries."""
-        ids, values = quantise(vector, scale)
+        ids, values = quantise(vector, scale, rule)
         return dict(zip(self.tokens(ids.tolist()), values.tolist()))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import stages
+from pipeline.encoders import Options
 from pipeline.errors import InputError, PipelineError
 from pipeline.evaluate import evaluate_files
 from pipeline.readers import read_qrels, read_topics
@@ -88,12 +89,14 @@ def self_hit_rule(rule: str | bool, topics: dict[str, str], qrels: Path) -> tupl
 
 def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: str | None = None,
                 root: Path = Path("."), split: str = "test", hits: int = 1000, threads: int | None = None,
-                batch_size: int = 32, scale: float = 100, pooling: str = "max", max_length: int = 512,
+                batch_size: int = 32, scale: float | None = None, pooling: str | None = None,
+                max_length: int | None = None,
                 overwrite: bool = False, store_raw: bool = False, remove_query: str | bool = "auto",
                 progress: bool = True, verbose: bool = False, say: stages.Say = stages.stderr,
                 corpus: Path | None = None, topics: Path | None = None, qrels: Path | None = None,
                 preset: str = "auto", device: str | None = None, precision: str | None = None,
-                backend: str = "torch") -> dict[str, Any]:
+                backend: str = "torch", query_encoder: str | None = None, quantisation: str | None = None
+                ) -> dict[str, Any]:
     """Encode, index, search and evaluate one dataset; returns paths, timings, figures and the
     remove-query rule that applied (``auto``, ``always``, ``never``; see the module docstring).
 
@@ -107,24 +110,27 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
     label = model_label(encoder)
     collection = root / "collections" / f"{name}.{label}"
     index_dir = root / "indexes" / f"{name}.{label}"
-    run_file = root / "runs" / default_run_name(name, label, split)
+    # one index serves every query side (only its record changes); each side gets its own run
+    run_label = f"{label}.q-{model_label(query_encoder).replace(':', '-')}" if query_encoder else label
+    run_file = root / "runs" / default_run_name(name, run_label, split)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     manifest = stages.encode(corpus, collection, encoder, batch_size, max_length, pooling, scale, threads,
                              overwrite=overwrite, progress=progress, say=say, device=device, precision=precision,
-                             backend=backend)
+                             backend=backend, quantisation=quantisation)
     timings["encode_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress)
+    stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress,
+                 query_encoder=query_encoder)
     timings["index_s"] = time.perf_counter() - start
     start = time.perf_counter()
     topic_texts = judged_topics(queries, qrels)
     rule = remove_query if isinstance(remove_query, str) else ("always" if remove_query else "never")
     dropping, relevant_self = self_hit_rule(rule, topic_texts, qrels)
-    counters = stages.search(index_dir, run_file, topic_texts, encoder, hits, remove_query=dropping,
-                             threads=threads, batch_size=batch_size, overwrite=True, progress=progress, say=say,
-                             device=device, precision=precision, backend=backend)
+    counters = stages.search(index_dir, run_file, topic_texts, hits=hits, remove_query=dropping,
+                             options=Options(device=device, precision=precision, backend=backend),
+                             threads=threads, batch_size=batch_size, overwrite=True, progress=progress, say=say)
     timings["search_s"] = time.perf_counter() - start
     applied = {"rule": rule, "self_hits_removed": counters.get("self_hits_removed", 0),
                "judged_relevant_self_pairs": relevant_self,
@@ -133,7 +139,7 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
         + (f"{relevant_self} (query, query id) pairs judged relevant kept" if rule == "auto" else
            f"{relevant_self} (query, query id) pairs are judged relevant"))
     result = evaluate_files(run_file, qrels, warn=say, preset=preset)
-    return {"dataset": name, "encoder": label, "split": split, "queries": result["queries"],
+    return {"dataset": name, "encoder": label, "query_encoder": query_encoder or label, "split": split, "queries": result["queries"],
             "metrics": result["metrics"], "preset": result["preset"],
             "relevance_level": result["relevance_level"], "remove_query": applied,
             "postings_per_doc": manifest["postings"]["mean_per_doc"],
@@ -148,7 +154,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     header = ["dataset", "encoder", "queries", *names, "postings/doc"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["dataset"], row["encoder"], str(row["queries"]),
+        query = row.get("query_encoder", row["encoder"])
+        encoder = row["encoder"] if query == row["encoder"] else f"{row['encoder']} (queries: {query})"
+        cells = [row["dataset"], encoder, str(row["queries"]),
                  *(f"{row['metrics'][n]:.4f}" for n in names), f"{row['postings_per_doc']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

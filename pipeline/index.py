@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
@@ -188,6 +188,30 @@ def lucene_document_count(index: Path) -> int:
         directory.close()
 
 
+def document_frequencies(index: Path) -> tuple[int, dict[str, int]]:
+    """Documents in the index and each term's document frequency, read from its postings (the
+    ``contents`` field's term dictionary, one pass): what an ``idf`` query side weights by."""
+    paths = jvm.autoclass("java.nio.file.Paths")
+    directory = jvm.autoclass("org.apache.lucene.store.FSDirectory").open(paths.get(str(index)))
+    reader = jvm.autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    try:
+        found: dict[str, int] = {}
+        for leaf in reader.leaves().toArray():  # a document lives in one segment: frequencies add up
+            terms = leaf.reader().terms("contents")
+            if terms is None:
+                continue
+            walk = terms.iterator()
+            term = walk.next()
+            while term is not None:
+                token = term.utf8ToString()
+                found[token] = found.get(token, 0) + int(walk.docFreq())
+                term = walk.next()
+        return int(reader.numDocs()), found
+    finally:
+        reader.close()
+        directory.close()
+
+
 def load_record(index: Path) -> dict[str, Any] | None:
     path = Path(index) / RECORD
     return read_json(path) if path.is_file() else None
@@ -221,21 +245,39 @@ def _building_pid(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# (the collection's manifest, the finished index's record or None) -> the query side to record, or
+# None to leave it as it is
+QuerySideRule = Callable[[dict[str, Any] | None, dict[str, Any] | None], dict[str, Any] | None]
+RECORDED_SETTINGS = ("encoder", "pooling", "scale", "max_length", "quantisation", "prompt", "activation")
+
+
 def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool = False,
-                overwrite: bool = False, verbose: bool = False, progress: bool = False
+                overwrite: bool = False, verbose: bool = False, progress: bool = False,
+                query_encoder: QuerySideRule | None = None
                 ) -> tuple[dict[str, Any], bool]:
-    """Index ``collection`` into ``index``; returns the index record and whether work was done."""
+    """Index ``collection`` into ``index``; returns the index record and whether work was done.
+
+    ``query_encoder`` gives the query side to record (``pipeline.encoders``' description). The
+    query side is the record's alone: on a finished index only the record is rewritten when it
+    changes, the postings stay.
+    """
     collection, index = Path(collection), Path(index)
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
-        return _build_index_locked(collection, index, threads, store_raw, overwrite, verbose, progress)
+        return _build_index_locked(collection, index, threads, store_raw, overwrite, verbose, progress,
+                                   query_encoder or (lambda manifest, existing: None))
 
 
 def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: bool, overwrite: bool,
-                        verbose: bool, progress: bool) -> tuple[dict[str, Any], bool]:
+                        verbose: bool, progress: bool, query_encoder: QuerySideRule
+                        ) -> tuple[dict[str, Any], bool]:
     source, manifest = collection_input(collection)
     if check_index_folder(index) and not overwrite:
         existing = load_record(index)
         if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
+            query = query_encoder(manifest, existing)
+            if query is not None and existing.get("query_encoder") != query:
+                existing = {**existing, "query_encoder": query}
+                write_json(index / RECORD, existing)
             return existing, False
         raise ConsistencyError(f"{index} was built from another collection; use --overwrite to rebuild it")
     # Anserini skips documents whose vector is empty: empty texts and texts whose weights all rounded to 0
@@ -243,8 +285,11 @@ def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: 
                 if manifest else count_records(source))
     extra: dict[str, Any] = {}
     if manifest is not None:
-        extra = {key: manifest["settings"][key] for key in ("encoder", "pooling", "scale", "max_length")}
+        extra = {key: manifest["settings"][key] for key in RECORDED_SETTINGS if key in manifest["settings"]}
         extra.update(postings=manifest["postings"], collection_shards=manifest["shards"])
+    query = query_encoder(manifest, None)
+    if query is not None:
+        extra["query_encoder"] = query
     record = build_lucene_index(source, index, impact_arguments(threads, store_raw), expected, collection,
                                 verbose, extra, progress)
     return record, True

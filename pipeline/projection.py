@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-POOLINGS = ("max", "sum")
+from pipeline.impacts import POOLINGS
 VOCAB_TILE = 4096  # vocabulary rows per projection tile: a (tokens x tile) block stays in cache
 GROUP_TOKENS = 768  # short texts are projected together until they reach this many tokens
 

@@ -1,7 +1,7 @@
 """The search stage: SPLADE-encoded queries against a Lucene impact index, written as a run file.
 
-Queries are encoded with the index's own encoder, pooling, scale and maximum length (recorded by the
-index stage); anything else is refused unless ``--force``. Anserini's ``SimpleImpactSearcher``
+Queries are encoded with the index's own query side, pooling, scale and maximum length (recorded by
+the index stage; ``pipeline.encoders``); anything else is refused unless ``--force``. Anserini's ``SimpleImpactSearcher``
 scores ``sum(query weight x document impact)`` over the query's terms, in Java threads.
 
 Scores are integers: integer query weights times integer impacts. Lucene returns float32 scores,
@@ -36,7 +36,7 @@ from typing import Any, Collection, Iterable
 
 from pipeline import jvm
 from pipeline.collection import write_atomic
-from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.index import load_record
 from pipeline.trec_order import trec_eval_order
 
@@ -236,6 +236,16 @@ class ImpactSearcher:
                                               if found and found[0][1] >= FLOAT32_EXACT)}
         return ranked, counters
 
+    @property
+    def reader(self):
+        """Lucene's ``IndexReader`` of the index (for reading postings)."""
+        return self._searcher.reader
+
+    def stores_text(self) -> bool:
+        """Whether the index keeps each document's JSON (built with --store-raw)."""
+        attached()
+        return self.documents > 0 and self._searcher.doc_raw(0) is not None
+
     def raw(self, docid: str) -> str | None:
         """The stored JSON of a document (indexes built with --store-raw)."""
         attached()
@@ -268,32 +278,17 @@ def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "spl
     return "".join(lines).encode()
 
 
-def check_settings(record: dict[str, Any] | None, wanted: dict[str, Any], force: bool, index: Path) -> None:
-    """Refuse a query encoder that differs from the index's (encoder, pooling, scale, max length)."""
-    if record is None or "encoder" not in record:
-        return
-    recorded = {"encoder": record["encoder"]["fingerprint"], "pooling": record["pooling"],
-                "scale": record["scale"], "max_length": record["max_length"]}
-    diff = [f"{name}: index {recorded[name]!r}, query {value!r}" for name, value in wanted.items()
-            if value is not None and recorded[name] != value]
-    if diff and not force:
-        if "encoder" in wanted and wanted["encoder"] != recorded["encoder"]:
-            diff[0] = (f"encoder: index built with {record['encoder']['name']} ({recorded['encoder']}), "
-                       f"query encoder {wanted['encoder']}")
-        raise ConsistencyError(f"{index} was built with other settings ({'; '.join(diff)}); "
-                               "use --force to search anyway")
-
-
-def encode_queries(encoder, topics: dict[str, str], scale: float, batch_size: int,
-                   progress: bool = True) -> dict[str, dict[str, int]]:
-    """Quantised ``{token: int}`` per query, in topic order (``SpladeEncoder.encode_queries``: a
-    query's vector does not depend on the other topics, and the service encodes it identically)."""
+def encode_queries(encoder, topics: dict[str, str], batch_size: int, progress: bool = True
+                   ) -> dict[str, dict[str, int]]:
+    """Quantised ``{token: int}`` per query, in topic order, by a ``pipeline.encoders`` query encoder
+    (through a model, a query's vector does not depend on the other topics, and the service
+    encodes it identically)."""
     from tqdm import tqdm
 
     with tqdm(total=len(topics), unit="q", desc="encode queries", disable=not progress,
               file=sys.stderr) as bar:
-        vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), batch_size, on_batch=bar.update)
-    return {qid: encoder.to_terms(vector, scale) for qid, vector in zip(topics, vectors)}
+        terms = encoder.encode(list(topics.values()), batch_size, on_batch=bar.update)
+    return dict(zip(topics, terms))
 
 
 def write_run(path: Path, results: dict[str, list[Hit]], fmt: str, tag: str) -> None:

@@ -7,17 +7,18 @@ its counters (as Anserini's IndexCollection does) so every document and query is
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import backends, devices, models, outputs
+from pipeline import backends, devices, encoders, outputs
 from pipeline.collection import DEFAULT_SHARD_SIZE, EncodeSettings, encode_corpus
-from pipeline.encoder import POOLINGS, SpladeEncoder, default_threads
+from pipeline.devices import default_threads
+from pipeline.impacts import ANSERINI_SCALE, POOLINGS, QUANTISATIONS
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import RECORD, build_index
 from pipeline.readers import read_encoded_queries, read_topics
-from pipeline.search import (FORMATS, check_settings, encode_queries, index_record, require_index, restrict,
-                             run_search)
+from pipeline.search import FORMATS, encode_queries, index_record, require_index, restrict, run_search
 
 Say = Callable[[str], Any]
 
@@ -26,45 +27,46 @@ def stderr(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _check_options(pooling: str, scale: float, max_length: int, batch_size: int) -> None:
-    if pooling not in POOLINGS:
+def _check_options(pooling: str | None, scale: float | None, max_length: int | None, batch_size: int,
+                   quantisation: str | None = None) -> None:
+    if pooling is not None and pooling not in POOLINGS:
         raise PipelineError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    if not scale > 0:
+    if scale is not None and not scale > 0:
         raise PipelineError(f"--scale must be positive, got {scale}")
-    if not 2 <= max_length:
+    if quantisation is not None and quantisation not in QUANTISATIONS:
+        raise PipelineError(f"--quantisation must be one of {', '.join(QUANTISATIONS)}, got {quantisation!r}")
+    if max_length is not None and not 2 <= max_length:
         raise PipelineError(f"--max-length must be at least 2, got {max_length}")
     if batch_size < 1:
         raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def _check_max_length(model: models.ModelRef, max_length: int) -> None:
-    limit = models.max_positions(model)
-    if limit is not None and max_length > limit:
-        raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports ({limit} positions)")
-
-
-def load_encoder(model: models.ModelRef, pooling: str, max_length: int, threads: int | None,
-                 device: str | None = None, precision: str | None = None, backend: str = "torch"
-                 ) -> SpladeEncoder:
-    _check_max_length(model, max_length)
-    encoder = SpladeEncoder(model, pooling, max_length, threads, device, precision, backend)
-    if encoder.max_length < max_length:  # the tokenizer may allow less than the positions
-        raise PipelineError(f"--max-length {max_length} exceeds what {model.name} supports "
-                            f"({encoder.max_length} tokens)")
-    return encoder
+def quantisation_scale(scale: float | None, quantisation: str | None) -> tuple[float, str]:
+    """``--scale`` and ``--quantisation`` together: ``anserini`` fixes the scale at 51.2."""
+    rule = quantisation or "scale"
+    if rule == "anserini":
+        if scale is not None and scale != ANSERINI_SCALE:
+            raise PipelineError(f"--quantisation anserini quantises at scale {ANSERINI_SCALE:g} "
+                                f"(round(w / 5 * 256)); leave out --scale {scale:g}")
+        return ANSERINI_SCALE, rule
+    return (100 if scale is None else scale), rule
 
 
 def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: int = 32,
-           max_length: int = 512, pooling: str = "max", scale: float = 100, threads: int | None = None,
-           shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, progress: bool = True,
-           say: Say = stderr, device: str | None = None, precision: str | None = None,
-           backend: str = "torch", ray: str | None = None, ray_workers: int | None = None) -> dict[str, Any]:
+           max_length: int | None = None, pooling: str | None = None, scale: float | None = None,
+           threads: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+           progress: bool = True, say: Say = stderr, device: str | None = None, precision: str | None = None,
+           backend: str = "torch", ray: str | None = None, ray_workers: int | None = None,
+           quantisation: str | None = None) -> dict[str, Any]:
     """Corpus to JsonVectorCollection shards plus manifest.json.
 
+    ``encoder``: a checkpoint or a sentence-transformers ``SparseEncoder`` folder (its document
+    side; ``pipeline.encoders``). ``pooling`` and ``max_length`` default to the model's.
     ``ray``: encode the shards on Ray workers (``"local"`` starts a runtime here, else a cluster
     address); ``threads`` is then per worker (default 1), ``ray_workers`` the pool size.
     """
-    _check_options(pooling, scale, max_length, batch_size)
+    _check_options(pooling, scale, max_length, batch_size, quantisation)
+    scale, rule = quantisation_scale(scale, quantisation)
     if ray_workers is not None and ray is None:
         raise PipelineError("--ray-workers needs --ray")
     if ray is None:  # on Ray, the device is the workers' (the driver may have no GPU)
@@ -77,18 +79,20 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
         device_kind = devices.kind_of(on_worker)
     if shard_size < 1:
         raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
-    model = models.resolve(encoder)
-    _check_max_length(model, max_length)
-    settings = EncodeSettings(model.describe(backend, backends.precision_of(backend, precision)), pooling, scale,
-                              max_length, batch_size, shard_size, device_kind)
+    side = encoders.resolve(encoder, pooling, max_length).document
+    record = side.model.describe(backend, backends.precision_of(backend, precision))
+    if side.folder:
+        record["folder"] = side.folder
+    settings = EncodeSettings(record, side.pooling, scale, side.max_length, batch_size, shard_size,
+                              device=device_kind, quantisation=rule, prompt=side.prompt, activation=side.activation)
     run_shards = None
     if ray is not None:
         run_shards = distributed.runner(
-            model, lambda here: load_encoder(here, pooling, max_length, threads or 1, on_worker, precision, backend),
+            side.model, lambda here: encoders.load_documents(replace(side, model=here), threads or 1, on_worker,
+                                                             precision, backend),
             distributed.RayOptions(ray, ray_workers, threads or 1, device or "cpu"))
     manifest, worked = encode_corpus(Path(corpus), Path(output),
-                                     lambda: load_encoder(model, pooling, max_length, threads, device, precision,
-                                                          backend),
+                                     lambda: encoders.load_documents(side, threads, device, precision, backend),
                                      settings, overwrite, progress, run_shards)
     postings = manifest["postings"]
     verb = "encoded" if worked else "already encoded (use --overwrite to redo)"
@@ -100,27 +104,49 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
 
 
 def index(collection: Path, index_dir: Path, threads: int | None = None, store_raw: bool = False,
-          overwrite: bool = False, verbose: bool = False, say: Say = stderr, progress: bool = False
-          ) -> dict[str, Any]:
-    """JsonVectorCollection to a Lucene impact index, verified against the manifest."""
+          overwrite: bool = False, verbose: bool = False, say: Say = stderr, progress: bool = False,
+          query_encoder: str | None = None) -> dict[str, Any]:
+    """JsonVectorCollection to a Lucene impact index, verified against the manifest.
+
+    ``query_encoder`` (``--query-encoder``): the query side the record names for searches of this
+    index; ``None``: the default, the collection's model (or its Router's query route). Checked
+    against the collection's encoder (same vocabulary) before anything is built; on a finished
+    index only the record changes.
+    """
+    def query_side(manifest: dict[str, Any] | None, existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        if manifest is None:
+            if query_encoder is not None:
+                raise PipelineError(f"{collection} was not encoded by splade-pipeline (no manifest); "
+                                    "--query-encoder needs the document encoder it records")
+            return None
+        settings = manifest["settings"]
+        document = encoders.document_side(settings)
+        default = encoders.resolve(document.folder).query if document.folder and query_encoder is None else None
+        side = encoders.query_side(query_encoder, document, default)
+        if existing is not None and "query_encoder" not in existing and side == document:
+            return None  # an index from before query sides were recorded: the same side, left as it is
+        backend = settings["encoder"].get("backend", "torch") if not side.inference_free else "torch"
+        return side.describe(backend, settings["encoder"].get("precision") if not side.inference_free else None)
+
     record, worked = build_index(Path(collection), Path(index_dir), threads or default_threads(), store_raw,
-                                 overwrite, verbose, progress)
+                                 overwrite, verbose, progress, query_side)
     counters = record["counters"]
     verb = "indexed" if worked else "already indexed (use --overwrite to rebuild)"
-    say(f"{index_dir}: {verb}: " + ", ".join(f"{name} {value:,}" for name, value in counters.items()))
+    query = (record.get("query_encoder") or {}).get("name")
+    say(f"{index_dir}: {verb}: " + ", ".join(f"{name} {value:,}" for name, value in counters.items())
+        + (f"; queries: {query}" if query else ""))
     return record
 
 
 def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None = None,
-           encoder: str | None = None,
-           hits: int = 1000, remove_query: bool = False, fmt: str = "trec", threads: int | None = None,
-           batch_size: int = 32, encoded_queries: Path | None = None, scale: float | None = None,
-           pooling: str | None = None, max_length: int | None = None, force: bool = False,
-           overwrite: bool = False, tag: str = "splade", progress: bool = True,
-           say: Say = stderr, device: str | None = None, precision: str | None = None,
-           backend: str | None = None) -> dict[str, Any]:
+           encoded_queries: Path | None = None, *, options: encoders.Options = encoders.Options(),
+           hits: int = 1000, remove_query: bool | list[str] = False, fmt: str = "trec", tag: str = "splade",
+           threads: int | None = None, batch_size: int = 32, force: bool = False, overwrite: bool = False,
+           progress: bool = True, say: Say = stderr) -> dict[str, Any]:
     """Topics (a file, or ``{qid: text}``), or pre-encoded queries, to a run file.
 
+    Queries are encoded by the index's query side (``pipeline.encoders.query_spec``); ``options``
+    may name another, refused unless ``force``. An inference-free side loads no model.
     An existing run is kept only when the record beside it (``.FILE.splade-pipeline.json``) shows
     it was made from the same index, queries and settings; other inputs are refused without
     ``--overwrite``, and a file splade-pipeline did not write is never replaced.
@@ -144,22 +170,12 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
                           if Path(encoded_queries).is_file() else str(encoded_queries),
                           topics=_topics_identity(topics) if topics is not None else None)
         else:
-            recorded = record or {}
-            if encoder is None and "encoder" not in recorded:
-                raise PipelineError(f"{index_dir} does not record the encoder its documents were encoded with "
-                                    "(it was not built from a splade-pipeline collection); name the query "
-                                    "encoder with --encoder, or give --encoded-queries")
-            model = models.resolve(encoder) if encoder else _index_model(recorded)
-            pooling = pooling or recorded.get("pooling", "max")
-            scale = scale if scale is not None else recorded.get("scale", 100)
-            max_length = max_length or recorded.get("max_length", 512)
-            _check_options(pooling, scale, max_length, batch_size)
-            backend, precision = _query_backend(recorded, backend, precision)
-            backends.placement(backend, device, precision)
-            fingerprint = models.encoder_fingerprint(model.fingerprint, backend,
-                                                     backends.precision_of(backend, precision))
-            inputs.update(topics=_topics_identity(topics), encoder=fingerprint, pooling=pooling,
-                          scale=scale, max_length=max_length)
+            _check_options(options.pooling, options.scale, options.max_length, batch_size, options.quantisation)
+            if options.quantisation == "anserini" or options.scale is not None:
+                scale, rule = quantisation_scale(options.scale, options.quantisation)
+                options = replace(options, scale=scale, quantisation=rule)
+            spec = encoders.query_spec(record, options)
+            inputs.update(topics=_topics_identity(topics), **_run_settings(spec))
         if state == "ours":
             diff = outputs.differences(made.get("inputs", {}), inputs)
             if not diff and not overwrite:
@@ -175,10 +191,9 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
                 queries = restrict(queries, _topics(topics), Path(encoded_queries))
         else:
             topic_texts = _topics(topics)
-            check_settings(record, {"encoder": fingerprint, "pooling": pooling, "scale": scale,
-                                    "max_length": max_length}, force, index_dir)
-            query_encoder = load_encoder(model, pooling, max_length, threads, device, precision, backend)
-            queries = encode_queries(query_encoder, topic_texts, scale, batch_size, progress)
+            encoders.check_index(record, spec, force, index_dir)
+            query_encoder = encoders.load_queries(spec, threads, options.device, index_dir)
+            queries = encode_queries(query_encoder, topic_texts, batch_size, progress)
         outputs.writable_parent(output, "--output")
         with outputs.claimed(output, "run", inputs):
             counters = run_search(index_dir, queries, output, hits, threads, remove_query, fmt, tag)
@@ -191,6 +206,13 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
         say(f"note: {counters['scores_beyond_2^24']} queries have scores of 2^24 or more, where Lucene's float32 "
             "scores are no longer exact integers (neighbouring dot products may tie)")
     return counters
+
+
+def _run_settings(spec: encoders.QuerySpec) -> dict[str, Any]:
+    """A run file's query settings, under the names earlier run records used (so they still match)."""
+    found = spec.settings()
+    found["encoder"] = found.pop("query_encoder")
+    return found
 
 
 def _emptied(manifest: dict[str, Any]) -> str:
@@ -220,31 +242,6 @@ def index_identity(index_dir: Path) -> str:
 
 def _topics(topics: Path | dict[str, str]) -> dict[str, str]:
     return topics if isinstance(topics, dict) else read_topics(Path(topics))
-
-
-def _index_model(record: dict[str, Any]) -> models.ModelRef:
-    """The encoder an index was built with: by its name, else where it was loaded from."""
-    recorded = record.get("encoder")
-    if not recorded:
-        return models.resolve(None)
-    try:
-        model = models.resolve(recorded["name"])
-    except PipelineError:
-        model = None
-    if model is None or model.fingerprint != recorded.get("model_fingerprint", recorded["fingerprint"]):
-        model = models.resolve(recorded["location"])
-    return model
-
-
-def _query_backend(recorded: dict[str, Any], backend: str | None, precision: str | None
-                   ) -> tuple[str, str | None]:
-    """Backend and precision for query encoding: as given, else the index's (torch fp32 for old records)."""
-    encoder = recorded.get("encoder") or {}
-    indexed = encoder.get("backend", "torch")
-    backend = backend or indexed
-    if precision is None and backend == indexed == "torch":
-        precision = encoder.get("precision", "fp32")
-    return backend, precision
 
 
 def require_file(path: Path, what: str) -> Path:

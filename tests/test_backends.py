@@ -8,6 +8,7 @@ import pytest
 from pipeline import models, stages
 from pipeline.demo import DEMO_DATA
 from pipeline.encoder import SpladeEncoder
+from pipeline.encoders import Options
 from pipeline.errors import ConsistencyError
 from pipeline.index import load_record
 from pipeline.readers import read_topics
@@ -109,7 +110,9 @@ def test_index_records_backend_and_search_refuses_to_mix(tmp_path):
     counters = stages.search(index, tmp_path / "run.txt", topics, hits=10, **QUIET)  # the index's backend
     assert counters["queries"] == len(read_topics(topics))
     with pytest.raises(ConsistencyError, match=r"onnx-int8"):
-        stages.search(index, tmp_path / "run-torch.txt", topics, hits=10, backend="torch", **QUIET)
-    stages.search(index, tmp_path / "run-torch.txt", topics, hits=10, backend="torch", force=True, **QUIET)
+        stages.search(index, tmp_path / "run-torch.txt", topics, hits=10, options=Options(backend="torch"),
+                      **QUIET)
+    stages.search(index, tmp_path / "run-torch.txt", topics, hits=10, options=Options(backend="torch"), force=True,
+                  **QUIET)
     with pytest.raises(ConsistencyError):  # a collection is never resumed or reused with another backend
         stages.encode(DEMO_DATA / "corpus.jsonl", collection, **QUIET)

@@ -35,6 +35,7 @@ SMOKE: dict[str, list[str]] = {
     "memory.py": [],
     "official.py": [],
     "query.py": [],
+    "query_sides.py": [],
     "ray_encode.py": [],
     "serve.py": [],
     "scale.py": [],

@@ -8,6 +8,7 @@ import pytest
 from conftest import write_lines
 from pipeline import stages
 from pipeline.collection import load_manifest
+from pipeline.encoder import SpladeEncoder
 from pipeline.errors import ConsistencyError, InputError
 
 DOCS = [{"_id": f"doc{i:02d}", "title": f"Title {i}", "text": f"Passage number {i} about tides and coral reefs."}
@@ -73,13 +74,13 @@ def test_resume_encodes_only_missing_shards_byte_identically(tmp_path, corpus, m
     (folder / "shards" / "part-00001.json").unlink()
     (folder / "vectors" / "part-00002.jsonl").unlink()
     encoded = []
-    original = stages.SpladeEncoder.encode
+    original = SpladeEncoder.encode
 
     def counting(self, texts, *args, **kwargs):
         encoded.extend(texts)
         return original(self, texts, *args, **kwargs)
 
-    monkeypatch.setattr(stages.SpladeEncoder, "encode", counting)
+    monkeypatch.setattr(SpladeEncoder, "encode", counting)
     manifest = encode(corpus, folder)
     assert len(encoded) == 4 + 3 - 1  # shards 1 and 2; the empty document is not encoded
     assert {p.name: p.read_bytes() for p in (folder / "vectors").iterdir()} == before

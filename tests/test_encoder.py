@@ -115,6 +115,7 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
     """The service encodes one query at a time (a batch of one, one torch thread); the search stage
     encodes a topics file in batches. Every SciFact query gets the same float weights, hence the
     same integers, even though this encoder otherwise runs on two threads."""
+    from pipeline.encoders import ModelQueries
     from pipeline.readers import read_topics
     from pipeline.search import encode_queries
 
@@ -122,7 +123,7 @@ def test_single_queries_encode_exactly_as_the_search_stage_batches_them(encoder,
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # two threads whatever this machine has, so one-thread encoding is what is tested
     try:
-        batched = encode_queries(encoder, topics, 100, 32, progress=False)
+        batched = encode_queries(ModelQueries(encoder, 100, "scale"), topics, 32, progress=False)
         assert torch.get_num_threads() == 2  # restored
         vectors = encoder.encode_queries(encoder.tokenize(list(topics.values())), 32)
         assert torch.get_num_threads() == 2  # restored

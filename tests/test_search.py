@@ -8,6 +8,7 @@ import pytest
 from conftest import write_lines
 from pipeline import stages
 from pipeline.demo import DEMO_DATA, collection_vectors
+from pipeline.encoders import Options
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.readers import read_topics
 from pipeline import search as search_module
@@ -152,16 +153,16 @@ def test_other_settings_are_refused_unless_forced(tmp_path, built, encoder):
     _, index = built
     topics = DEMO_DATA / "queries.jsonl"
     with pytest.raises(ConsistencyError, match=r"scale: index 100, query 50"):
-        stages.search(index, tmp_path / "a.txt", topics, scale=50, **QUIET)
+        stages.search(index, tmp_path / "a.txt", topics, options=Options(scale=50), **QUIET)
     with pytest.raises(ConsistencyError, match=r"pooling: index 'max', query 'sum'"):
-        stages.search(index, tmp_path / "a.txt", topics, pooling="sum", **QUIET)
+        stages.search(index, tmp_path / "a.txt", topics, options=Options(pooling="sum"), **QUIET)
     retrained = tmp_path / "model"
     shutil.copytree(encoder.model_ref.location, retrained)
     config = json.loads((retrained / "config.json").read_text())
     (retrained / "config.json").write_text(json.dumps({**config, "note": "fine-tuned"}))
-    with pytest.raises(ConsistencyError, match=r"encoder: index built with splade-tiny"):
-        stages.search(index, tmp_path / "a.txt", topics, encoder=str(retrained), **QUIET)
-    stages.search(index, tmp_path / "a.txt", topics, scale=50, force=True, **QUIET)
+    with pytest.raises(ConsistencyError, match=r"query encoder: index splade-tiny"):
+        stages.search(index, tmp_path / "a.txt", topics, options=Options(encoder=str(retrained)), **QUIET)
+    stages.search(index, tmp_path / "a.txt", topics, options=Options(scale=50), force=True, **QUIET)
     assert (tmp_path / "a.txt").stat().st_size > 0
 
 

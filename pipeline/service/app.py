@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
 from pipeline import __version__
+from pipeline.encoders import Options
 from pipeline.service.backend import ServedIndex, close_indexes, elapsed_ms, open_indexes
 from pipeline.service.guard import Guard, Limits, error_body
 
@@ -163,16 +164,19 @@ def batch_request(limits: Limits) -> type[BaseModel]:
 # ---- the application -------------------------------------------------------------------------------
 
 def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Limits = Limits(),
-               served: dict[str, ServedIndex] | None = None) -> FastAPI:
+               served: dict[str, ServedIndex] | None = None, query_encoder: str | None = None,
+               force: bool = False) -> FastAPI:
     """The service over ``indexes`` (``{name: path}``), opened when the server starts.
 
     ``served`` hands in indexes already open (then they are not closed at shutdown either).
+    ``query_encoder``: another query side than the indexes' own, refused unless ``force``.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         own = served is None
-        app.state.indexes = open_indexes(indexes, threads) if own else served
+        app.state.indexes = open_indexes(indexes, threads, Options(query_encoder=query_encoder), force) \
+            if own else served
         try:
             yield
         finally:

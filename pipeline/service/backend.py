@@ -20,16 +20,14 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pipeline import blas, jvm, stages
-from pipeline.encoder import SpladeEncoder
+from pipeline import blas, encoders, jvm
 from pipeline.errors import PipelineError
-from pipeline.explain import explain, highlights, token_spans
+from pipeline.explain import explain, highlights
 from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_index
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -59,7 +57,7 @@ class WarmSearcher(ImpactSearcher):
         """Lucene's internal number of a document, or -1 when the index has no such id."""
         attached()
         return int(jvm.autoclass("io.anserini.index.IndexReaderUtils").convertDocidToLuceneDocid(
-            self._searcher.reader, docid))
+            self.reader, docid))
 
     def impacts(self, docid: str, terms: Iterable[str]) -> dict[str, int]:
         """The document's impact for each of ``terms``, read from the postings (no stored text needed)."""
@@ -70,32 +68,11 @@ class WarmSearcher(ImpactSearcher):
         bytes_ref = jvm.autoclass("org.apache.lucene.util.BytesRef")
         found = {}
         for term in terms:
-            postings = multi_terms.getTermPostingsEnum(self._searcher.reader, "contents",
+            postings = multi_terms.getTermPostingsEnum(self.reader, "contents",
                                                        bytes_ref(term.encode("utf-8")))
             if postings is not None and postings.advance(lucene_id) == lucene_id:
                 found[term] = int(postings.freq())
         return found
-
-
-class QueryEncoder:
-    """One loaded SPLADE model, shared by the indexes built with it."""
-
-    def __init__(self, encoder: SpladeEncoder):
-        self.encoder = encoder
-        self._tokenizer_lock = threading.Lock()
-
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        with self._tokenizer_lock:
-            return self.encoder.tokenize(texts)
-
-    def spans(self, text: str) -> list[tuple[str, int, int]]:
-        with self._tokenizer_lock:
-            return token_spans(self.encoder.tokenizer, text)
-
-    def encode(self, texts: Sequence[str], scale: float, batch_size: int = 32) -> list[dict[str, int]]:
-        """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
-        vectors = self.encoder.encode_queries(self.tokenize(texts), batch_size)
-        return [self.encoder.to_terms(vector, scale) for vector in vectors]
 
 
 @dataclass
@@ -104,9 +81,8 @@ class ServedIndex:
 
     name: str
     searcher: WarmSearcher
-    encoder: QueryEncoder
+    encoder: encoders.QueryEncoder
     record: dict[str, Any]
-    scale: float
     stores_text: bool
     threads: int = 1
     documents: int = field(init=False)
@@ -117,13 +93,18 @@ class ServedIndex:
     def describe(self) -> dict[str, Any]:
         """Name, size, encoder and settings; no file-system paths."""
         encoder = self.record.get("encoder") or {}
+        query = self.record.get("query_encoder") or {}
         return {"name": self.name, "documents": self.documents, "stores_text": self.stores_text,
                 "encoder": {key: encoder[key] for key in ("name", "fingerprint", "backend", "precision")
                             if key in encoder} or None,
+                "query_encoder": {key: query[key] for key in ("kind", "name", "fingerprint", "backend", "precision")
+                                  if key in query} or None,
+                "inference_free": self.encoder.inference_free,
                 **{key: self.record[key] for key in SETTINGS if key in self.record}}
 
     def encode(self, texts: Sequence[str]) -> list[dict[str, int]]:
-        return self.encoder.encode(texts, self.scale)
+        """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
+        return self.encoder.encode(texts)
 
     def search(self, queries: dict[str, dict[str, int]], hits: int) -> dict[str, list[Hit]]:
         """Hits per query: one query on the request's thread, a batch over ``threads`` threads."""
@@ -192,30 +173,34 @@ def check_indexes(indexes: dict[str, Path]) -> None:
         require_index(path)
 
 
-def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[str, ServedIndex]:
-    """Start the JVM, open each index and load each distinct query encoder once."""
+def open_indexes(indexes: dict[str, Path], threads: int | None = None,
+                 options: encoders.Options = encoders.Options(), force: bool = False) -> dict[str, ServedIndex]:
+    """Start the JVM, open each index and load each distinct query encoder once.
+
+    Each index's query side is chosen as the search stage chooses it (``encoders.query_spec``;
+    ``options`` may name another, refused unless ``force``). An inference-free side loads no model:
+    the service then starts no torch at all.
+    """
     check_indexes(indexes)
     limit_malloc_arenas()
     blas.set_threads(1)  # queries project on one BLAS thread (encode_queries); set once, not per request
     jvm.start(options=JAVA_OPTIONS)
-    encoders: dict[tuple, QueryEncoder] = {}
+    loaded: dict[tuple, encoders.QueryEncoder] = {}
     served: dict[str, ServedIndex] = {}
     try:
         for name, path in indexes.items():
             record = index_record(path) or {}
-            model = stages._index_model(record)
-            pooling, max_length = record.get("pooling", "max"), record.get("max_length", 512)
-            backend, precision = stages._query_backend(record, None, None)  # as the search stage chooses
-            key = (model.fingerprint, pooling, max_length, backend, precision)
-            if key not in encoders:
+            spec = encoders.query_spec(record, options)
+            encoders.check_index(record, spec, force, path)
+            # an idf side weighs by this index's postings: shared only within the index
+            key = (spec.fingerprint(), spec.scale, spec.quantisation, str(spec.side.describe()),
+                   str(Path(path).resolve()) if spec.fingerprint() == "idf:index" else "")
+            if key not in loaded:
                 # one torch thread: queries encode exactly as the search stage's (encode_queries), and
                 # request threads never change torch's process-wide thread count under each other
-                encoders[key] = QueryEncoder(stages.load_encoder(model, pooling, max_length, 1,
-                                                                 None, precision, backend))
+                loaded[key] = encoders.load_queries(spec, 1, options.device, path)
             searcher = WarmSearcher(path)
-            stores_text = searcher.documents > 0 and searcher._searcher.doc_raw(0) is not None
-            served[name] = ServedIndex(name, searcher, encoders[key], record, record.get("scale", 100),
-                                       stores_text, threads or 1)
+            served[name] = ServedIndex(name, searcher, loaded[key], record, searcher.stores_text(), threads or 1)
     except BaseException:
         close_indexes(served)
         raise

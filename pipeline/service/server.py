@@ -32,7 +32,8 @@ def uvicorn_options(limits: Limits, verbose: bool = False) -> dict:
 
 
 def serve(indexes: dict[str, Path], host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-          threads: int | None = None, limits: Limits = Limits(), verbose: bool = False) -> None:
+          threads: int | None = None, limits: Limits = Limits(), verbose: bool = False,
+          query_encoder: str | None = None, force: bool = False) -> None:
     """Serve until interrupted. Paths are checked before anything loads."""
     import uvicorn
 
@@ -40,10 +41,12 @@ def serve(indexes: dict[str, Path], host: str = "127.0.0.1", port: int = 8080, w
     print(f"serving {', '.join(indexes)} on http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})",
           flush=True)
     if workers <= 1:
-        uvicorn.run(create_app(indexes, threads, limits), host=host, port=port, **uvicorn_options(limits, verbose))
+        uvicorn.run(create_app(indexes, threads, limits, query_encoder=query_encoder, force=force), host=host,
+                    port=port, **uvicorn_options(limits, verbose))
         return
     os.environ[SETTINGS_VARIABLE] = json.dumps({"indexes": {name: str(path) for name, path in indexes.items()},
-                                                "threads": threads, "limits": dataclasses.asdict(limits)})
+                                                "threads": threads, "limits": dataclasses.asdict(limits),
+                                                "query_encoder": query_encoder, "force": force})
     uvicorn.run("pipeline.service.server:worker_app", factory=True, workers=workers, host=host, port=port,
                 **uvicorn_options(limits, verbose))
 
@@ -52,4 +55,5 @@ def worker_app():
     """The application of one worker process (uvicorn factory), from the parent's settings."""
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     return create_app({name: Path(path) for name, path in settings["indexes"].items()}, settings["threads"],
-                      Limits(**settings["limits"]))
+                      Limits(**settings["limits"]), query_encoder=settings.get("query_encoder"),
+                      force=settings.get("force", False))
