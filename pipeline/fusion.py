@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import outputs
 from pipeline.errors import ConsistencyError, PipelineError
-from pipeline.readers import read_run
+from pipeline.readers import check_run_tag, read_run
 from pipeline.search import Hit, write_run
 
 METHODS = ("rrf", "linear")
@@ -89,12 +89,12 @@ def fuse_files(paths: list[Path], output: Path, method: str = "rrf", k: float = 
     As with search, an existing output is kept when made from the same runs and settings, refused
     without ``--overwrite`` otherwise, and never replaced when splade-pipeline did not write it.
     """
-    output = Path(output)
+    output = outputs.resolved(output)
     weights = check_options(paths, method, k, weights, hits)
     for path in paths:
-        if outputs.absolute(path) == outputs.absolute(output):
+        if outputs.absolute(outputs.resolved(path)) == outputs.absolute(output):
             raise PipelineError(f"--output {output} is one of the --runs; give the fused run another name")
-    tag = tag or f"fused-{method}"
+    tag = check_run_tag(f"fused-{method}" if tag is None else tag)
     with outputs.locked(output, "fuse"):
         state, made = outputs.file_state(output, "--output")
         inputs = {"runs": [outputs.file_sha256(Path(p)) if Path(p).is_file() else str(p) for p in paths],

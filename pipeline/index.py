@@ -23,6 +23,7 @@ from typing import Any
 from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.readers import LUCENE_TERM_BYTES
 
 RECORD = "splade-pipeline.json"
 COUNTERS = ("indexed", "unindexable", "empty", "skipped", "errors")
@@ -137,6 +138,9 @@ def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
         return None, "expected a JSON object"
     if not isinstance(record.get("id"), str) or not record["id"].strip():
         return None, "missing or empty 'id'"
+    size = len(record["id"].encode("utf-8", "surrogatepass"))
+    if size > LUCENE_TERM_BYTES:
+        return None, f"id of {size:,} bytes (UTF-8) is longer than Lucene's limit of {LUCENE_TERM_BYTES:,} bytes"
     vector = record.get("vector")
     if not isinstance(vector, dict):
         return None, "missing 'vector' object {token: weight}"
@@ -225,7 +229,7 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
                 overwrite: bool = False, verbose: bool = False, progress: bool = False
                 ) -> tuple[dict[str, Any], bool]:
     """Index ``collection`` into ``index``; returns the index record and whether work was done."""
-    collection, index = Path(collection), Path(index)
+    collection, index = Path(collection), outputs.resolved(index)
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
         return _build_index_locked(collection, index, threads, store_raw, overwrite, verbose, progress)
 
@@ -254,6 +258,7 @@ def build_lucene_index(source: Path, index: Path, options: list[str], expected: 
                        collection: Path, verbose: bool, extra: dict[str, Any], progress: bool = False
                        ) -> dict[str, Any]:
     """Build into a temporary folder, verify every document is accounted for, then rename into place."""
+    index = outputs.resolved(index)
     with outputs.locked(index, "index"):
         target = outputs.absolute(index)
         check_index_folder(index)  # never replace a folder the index stage did not build
