@@ -17,6 +17,7 @@ from pipeline.readers import check_run_tag, read_run
 from pipeline.search import Hit, write_run
 
 METHODS = ("rrf", "linear")
+MAX_WEIGHT_SUM = 1e38  # a linear score is at most the sum of the weights; float32 ends at 3.4e38
 
 
 def ranked(hits: dict[str, float]) -> list[str]:
@@ -69,6 +70,9 @@ def check_options(paths: list[Path], method: str, k: float, weights: list[float]
         raise PipelineError(f"--weights: {len(weights)} weights for {len(paths)} runs")
     if not all(math.isfinite(w) for w in weights) or not any(weights):
         raise PipelineError(f"--weights must be finite numbers, not all zero, got {weights}")
+    if sum(abs(w) for w in weights) > MAX_WEIGHT_SUM:
+        raise PipelineError(f"--weights add up to more than {MAX_WEIGHT_SUM:g} in size: fused scores would "
+                            "overflow the 32-bit floats that evaluate and trec_eval read them as")
     return weights
 
 

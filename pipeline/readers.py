@@ -58,6 +58,9 @@ def iter_lines(path: Path, start: int = 0, first_line: int = 1) -> Iterator[tupl
                 except UnicodeDecodeError as exc:
                     raise InputError(path, f"invalid UTF-8 (byte {exc.start} of the line)", number) from None
                 text = text.rstrip("\r\n")
+                if "\r" in text:  # a CR only ends lines on old Macs; read as one line it would merge records
+                    raise InputError(path, "carriage return (CR) inside the line: the file may use old Mac line "
+                                           "ends; convert them to LF (\\n) or CRLF", number)
                 if text.strip():
                     yield number, here, text
         except (OSError, EOFError) as exc:  # truncated or corrupt gzip stream
@@ -122,6 +125,7 @@ def _string_field(path: Path, number: int, record: dict, key: str, required: boo
     return str(value)
 
 
+MAX_GRADE = 2 ** 31 - 1  # a 32-bit C integer, the smallest trec_eval may hold a grade in
 LUCENE_TERM_BYTES = 32_766  # Lucene's longest term (IndexWriter.MAX_TERM_LENGTH), in UTF-8 bytes
 
 
@@ -199,12 +203,25 @@ def _file_format(path: Path) -> str:
     raise InputError(path, "empty file: no documents")
 
 
+HEADER_IDS = {"id", "_id", "docid", "doc_id", "doc-id", "pid", "qid", "query_id", "query-id", "corpus-id", "topic"}
+HEADER_TEXTS = {"text", "contents", "content", "passage", "query", "title", "body", "question"}
+
+
+def _refuse_header(path: Path, number: int, key: str, text: str) -> None:
+    """A TSV corpus or topics file has no header line (MS MARCO's have none); a first line that reads
+    like one (``id<TAB>text``) would otherwise become a document or query named ``id``."""
+    if number == 1 and key.strip().lower() in HEADER_IDS and text.strip().lower() in HEADER_TEXTS:
+        raise InputError(path, f"looks like a header line ({key.strip()!r} / {text.strip()!r}); TSV corpora and "
+                               "topics have none: remove it", number)
+
+
 def parse_document(path: Path, fmt: str, number: int, text: str) -> Document:
     """One corpus line to a Document; title and text are joined as BEIR and Pyserini do."""
     if fmt == "tsv":
         doc_id, sep, body = text.partition("\t")
         if not sep:
             raise InputError(path, "expected 'id<TAB>text'", number)
+        _refuse_header(path, number, doc_id, body)
         return Document(_document_id(path, number, doc_id), body.strip(), number)
     record = json_record(path, number, text)
     if fmt == "beir":
@@ -270,6 +287,7 @@ def read_topics(path: Path) -> dict[str, str]:
             qid, sep, query = text.partition("\t")
             if not sep:
                 raise InputError(path, "expected 'qid<TAB>query text'", number)
+            _refuse_header(path, number, qid, query)
         _check_id(path, number, qid, "query")
         if not query.strip():
             raise InputError(path, f"query {qid!r} has no text", number)
@@ -300,6 +318,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             value = int(grade)
         except ValueError:
             raise InputError(path, f"relevance {grade!r} is not an integer", number) from None
+        if abs(value) > MAX_GRADE:
+            raise InputError(path, f"relevance {grade[:20]!r} is beyond +-{MAX_GRADE:,} (trec_eval reads grades as "
+                                   "C integers)", number)
         _unique(path, number, lines, f"{qid}\t{docid}", "judgment for query/doc")
         qrels.setdefault(qid, {})[docid] = value
     if not qrels:

@@ -273,8 +273,23 @@ def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "spl
             if fmt == "msmarco":
                 lines.append(f"{qid}\t{docid}\t{rank}\n")
             else:
-                lines.append(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+                lines.append(f"{qid} Q0 {docid} {rank} {score_text(score)} {tag}\n")
     return "".join(lines).encode()
+
+
+def score_text(score: float) -> str:
+    """A score as the run file holds it: six decimals (as Anserini and Pyserini write them) when
+    trec_eval reads that back as the same float32, else the float32 itself in 9 significant digits.
+
+    Six decimals alone would merge scores that differ below 5e-7 (reciprocal rank fusion with a large
+    --k gives 0.000200 for 1/5001 and 1/5002): the run's own order and ranks would then disagree with
+    the order evaluate and trec_eval read back, which break the new tie by document id.
+    """
+    import numpy as np
+
+    exact = np.float32(score)
+    text = f"{score:.6f}"
+    return text if np.float32(float(text)) == exact else f"{float(exact):.9g}"
 
 
 def check_settings(record: dict[str, Any] | None, wanted: dict[str, Any], force: bool, index: Path) -> None:
