@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -193,8 +194,35 @@ def lucene_document_count(index: Path) -> int:
 
 
 def load_record(index: Path) -> dict[str, Any] | None:
+    """The index's record, checked: search reads its encoder and settings, so a record that is valid
+    JSON but not ours (or damaged by hand) is refused by name instead of failing somewhere later."""
     path = Path(index) / RECORD
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    problem = _record_shape(record)
+    if problem:
+        raise InputError(path, f"not an index record splade-pipeline can read ({problem}); rebuild the index "
+                               "with --overwrite")
+    return record
+
+
+def _record_shape(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if "encoder" not in record:
+        return None  # an index of a collection made elsewhere: no encoder settings to read
+    encoder = record["encoder"]
+    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(key), str)
+                                                for key in ("name", "location", "fingerprint")):
+        return "'encoder' must name the model: name, location, fingerprint"
+    if record.get("pooling") not in ("max", "sum"):
+        return f"'pooling' must be max or sum, got {record.get('pooling')!r}"
+    for key, kind in (("scale", (int, float)), ("max_length", int)):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind) or not (0 < value < math.inf):
+            return f"'{key}' must be a positive number, got {value!r}"
+    return None
 
 
 INDEX_ENTRY = re.compile(r"segments(?:_\w+|\.gen)|pending_segments_\w+|write\.lock|_[^/]+"
