@@ -382,8 +382,19 @@ def is_collection(folder: Path) -> bool:
 
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a finished collection, refused by name when it is not one this tool can read."""
     path = Path(folder) / MANIFEST
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return readable_record(path, read_json(path))
+
+
+def readable_record(path: Path, record: Any) -> dict[str, Any]:
+    """A plan or manifest with the parts later steps read (settings, source, shards), else refused."""
+    if not (isinstance(record, dict) and isinstance(record.get("settings"), dict)
+            and isinstance(record.get("source"), dict) and isinstance(record.get("shards"), list)):
+        raise InputError(path, "not a record this version of splade-pipeline can read; encode again with --overwrite")
+    return record
 
 
 def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: bool,
@@ -397,11 +408,7 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: boo
         outputs.remove_owned(folder, is_collection_entry, keep_folder=True)
     manifest = load_manifest(folder)
     plan_path = folder / PLAN
-    recorded = manifest or (read_json(plan_path) if plan_path.is_file() else None)
-    if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("settings"), dict)
-                                     and isinstance(recorded.get("source"), dict)):
-        raise InputError(folder / (MANIFEST if manifest else PLAN), "not a record this version of splade-pipeline "
-                                                                    "can read; encode again with --overwrite")
+    recorded = manifest or (readable_record(plan_path, read_json(plan_path)) if plan_path.is_file() else None)
     if recorded is not None:
         diff = differences(settings_key(recorded["settings"]), settings.key())
         source_then = recorded["source"]

@@ -292,3 +292,227 @@ def test_a_truncated_shard_of_an_unfinished_encode_is_encoded_again(tmp_path, ca
     shard.write_bytes(shard.read_bytes()[:40])
     assert cli(argv, capsys)[0] == 0
     assert snapshot(out) == before
+
+
+# == the sweep ===================================================================================
+
+# -- 7. text inputs: what JSON can carry that UTF-8 cannot, NUL, line ends, headers ------------------
+
+TEXT_CASES = {  # name: (file name, bytes, command, what the one line must name)
+    "corpus: lone surrogate in text": ("corpus.jsonl", b'{"_id": "a", "text": "x\\ud800y"}\n', "encode",
+                                       ":1: field 'text' holds a lone surrogate"),
+    "corpus: lone surrogate in id": ("corpus.jsonl", b'{"_id": "ok", "text": "x"}\n{"_id": "\\udfff", "text": "y"}\n',
+                                     "encode", ":2: field '_id' holds a lone surrogate"),
+    "corpus: NUL in a TSV id": ("collection.tsv", b"a\x00b\tcoral\n", "encode", ":1: document id 'a\\x00b' contains a "
+                                                                               "control character"),
+    "corpus: NUL escape in a JSON id": ("corpus.jsonl", b'{"_id": "a\\u0000", "text": "x"}\n', "encode",
+                                        ":1: document id 'a\\x00' contains a control character"),
+    "corpus: CR-only line ends": ("collection.tsv", b"a\tcoral reef\rb\tmoon tides\r", "encode",
+                                  ":1: carriage return (CR) inside the line"),
+    "corpus: TSV header line": ("collection.tsv", b"id\ttext\na\tcoral reef\n", "encode",
+                                ":1: looks like a header line"),
+    "topics: lone surrogate": ("queries.jsonl", b'{"_id": "q1", "text": "moon \\ud83d"}\n', "search",
+                               ":1: field 'text' holds a lone surrogate"),
+    "topics: CR-only line ends": ("topics.tsv", b"q1\tcoral\rq2\tmoon\r", "search", ":1: carriage return"),
+    "topics: TSV header line": ("topics.tsv", b"qid\tquery\nq1\tcoral\n", "search", ":1: looks like a header line"),
+    "topics: no-break space in an id": ("topics.tsv", "q\u00a01\tcoral\n".encode(), "search",
+                                        ":1: query id 'q\\xa01' contains whitespace"),
+    "triples: lone surrogate": ("triples.jsonl", b'{"query": "q\\udc00", "positive": "p", "negative": "n"}\n',
+                                "train", ":1: field 'query' holds a lone surrogate"),
+    "encoded queries: lone surrogate in a token": ("enc.jsonl", b'{"id": "q1", "vector": {"\\ud800": 3}}\n', "search",
+                                                   ":1: a key holds a lone surrogate"),
+}
+
+
+def _text_argv(command: str, path: Path, world, tmp: Path) -> list:
+    if command == "encode":
+        return ["encode", "--corpus", path, "--output", tmp / "out", "--quiet"]
+    if command == "train":
+        return ["train", "--triples", path, "--output", tmp / "out", "--batch-size", "1", "--quiet"]
+    option = "--encoded-queries" if path.name.startswith("enc") else "--topics"
+    return ["search", "--index", world["index"], option, path, "--output", tmp / "out" / "run.txt", "--quiet"]
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CASES))
+def test_text_that_no_later_stage_could_write_is_refused_by_line(tmp_path, capsys, world, case):
+    name, data, command, needle = TEXT_CASES[case]
+    path = tmp_path / name
+    path.write_bytes(data)
+    refused(cli(_text_argv(command, path, world, tmp_path), capsys), str(path) + needle)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json*"))
+
+
+def test_crlf_and_unicode_line_separators_inside_text_keep_every_document(tmp_path, capsys):
+    corpus = tmp_path / "collection.tsv"
+    corpus.write_bytes("a\tcoral\u2028reef\r\nb\tmoon\u0085tides\r\nc\tocean fish\r\n".encode())
+    out = tmp_path / "coll"
+    assert cli(["encode", "--corpus", corpus, "--output", out, "--quiet"], capsys)[0] == 0
+    records = [json.loads(line) for line in (out / "vectors" / "part-00000.jsonl").read_bytes().split(b"\n") if line]
+    assert [r["id"] for r in records] == ["a", "b", "c"] and records[0]["contents"] == "coral\u2028reef"
+    assert cli(["index", "--collection", out, "--index", tmp_path / "idx", "--quiet"], capsys)[0] == 0
+
+
+# -- 8. files the tool reads back: corrupt, empty, foreign but valid --------------------------------
+
+def _copy_index(world, tmp: Path) -> Path:
+    import shutil
+
+    target = tmp / "idx"
+    shutil.copytree(world["index"], target)
+    return target
+
+
+INDEX_RECORDS = {
+    "empty": "",
+    "truncated": '{"encoder": {"name": "splade-tiny"',
+    "a list": "[1, 2]",
+    "encoder as text": '{"encoder": "splade-tiny", "pooling": "max", "scale": 100, "max_length": 512, '
+                       '"counters": {}, "documents": 6}',
+    "scale NaN": None,  # filled from the real record below
+}
+
+
+@pytest.mark.parametrize("case", sorted(INDEX_RECORDS))
+def test_a_damaged_index_record_is_named_before_search(tmp_path, capsys, world, case):
+    index = _copy_index(world, tmp_path)
+    record = index / "splade-pipeline.json"
+    if INDEX_RECORDS[case] is None:
+        value = json.loads(record.read_text())
+        record.write_text(json.dumps({**value, "scale": float("nan")}))
+    else:
+        record.write_text(INDEX_RECORDS[case])
+    refused(cli(["search", "--index", index, "--topics", world["topics"], "--output", tmp_path / "run.txt",
+                 "--quiet"], capsys), str(record))
+    assert not (tmp_path / "run.txt").exists()
+
+
+@pytest.mark.parametrize("case", ["manifest.json empty", "manifest.json a list", "manifest.json no shards"])
+def test_a_damaged_manifest_is_named_and_only_overwrite_replaces_it(tmp_path, capsys, world, case):
+    import shutil
+
+    coll = tmp_path / "coll"
+    shutil.copytree(world["collection"], coll)
+    manifest = coll / "manifest.json"
+    manifest.write_text({"empty": "", "a list": "[]", "no shards": json.dumps(
+        {**json.loads(manifest.read_text()), "shards": None})}[case.split(" ", 1)[1]])
+    before = snapshot(tmp_path)
+    argv = ["encode", "--corpus", world["corpus"], "--output", coll, "--shard-size", "2", "--quiet"]
+    refused(cli(argv, capsys), str(manifest))
+    refused(cli(["index", "--collection", coll, "--index", tmp_path / "idx", "--quiet"], capsys), str(manifest))
+    assert snapshot(tmp_path) == before
+    assert cli([*argv, "--overwrite"], capsys)[0] == 0  # the tool's own damaged file: replaced on request
+    assert snapshot(coll) == snapshot(world["collection"])
+
+
+def test_an_unfinished_collection_with_a_truncated_plan_is_left_alone(tmp_path, capsys, world):
+    import shutil
+
+    coll = tmp_path / "coll"
+    shutil.copytree(world["collection"], coll)
+    (coll / "manifest.json").unlink()
+    (coll / "plan.json").write_text((coll / "plan.json").read_text()[:30])
+    before = snapshot(tmp_path)
+    for overwrite in ([], ["--overwrite"]):  # no record proves the folder ours any more: nothing is removed
+        refused(cli(["encode", "--corpus", world["corpus"], "--output", coll, "--quiet", *overwrite], capsys),
+                str(coll), "did not write")
+        assert snapshot(tmp_path) == before
+
+
+TRAIN_TRIPLE = '{"query": "coral", "positive": "coral reef", "negative": "moon tides"}'
+
+
+def _train_record(output: Path, name: str, text: str) -> None:
+    write(output / name, [text])
+
+
+@pytest.mark.parametrize("name, text", [("training.json", '{"settings": '), ("training.json", "[]"),
+                                        ("checkpoint/state.json", "{truncated"),
+                                        ("checkpoint/state.json", '"a string"')])
+def test_damaged_training_records_are_named(tmp_path, capsys, name, text):
+    triples = write(tmp_path / "t.jsonl", [TRAIN_TRIPLE] * 4)
+    out = tmp_path / "model"
+    _train_record(out, name, text)
+    before = snapshot(tmp_path)
+    refused(cli(["train", "--triples", triples, "--output", out, "--batch-size", "2", "--quiet"], capsys),
+            str(out / name))
+    assert snapshot(tmp_path) == before
+
+
+# -- 9. resuming with changed inputs: training ------------------------------------------------------
+
+def _settings(batch_size: int = 2, **changes):
+    from dataclasses import asdict
+
+    from pipeline.train import TrainSettings
+
+    return asdict(TrainSettings(batch_size=batch_size, **changes))
+
+
+@pytest.mark.parametrize("record", ["finished", "resumable"])
+@pytest.mark.parametrize("change", ["triples", "learning rate"])
+def test_training_again_with_other_inputs_is_refused(tmp_path, capsys, record, change):
+    from pipeline import models
+    from pipeline.train import Triple, triples_digest
+
+    triples = write(tmp_path / "t.jsonl", [TRAIN_TRIPLE] * 4)
+    made_from = [Triple("coral", "coral reef", "moon tides")] * 4
+    digest = triples_digest(made_from if change == "learning rate" else made_from[:3])
+    settings = _settings(learning_rate=1e-4) if change == "learning rate" else _settings()
+    base = models.resolve(None)
+    out = tmp_path / "model"
+    if record == "finished":
+        write(out / "training.json", [json.dumps({"base_encoder": base.describe(), "settings": settings,
+                                                  "triples_sha256": digest, "finished": True})])
+    else:
+        write(out / "checkpoint" / "state.json", [json.dumps({"settings": settings, "base": base.fingerprint,
+                                                             "triples": digest})])
+    before = snapshot(tmp_path)
+    message = refused(cli(["train", "--triples", triples, "--output", out, "--batch-size", "2", "--quiet"], capsys),
+                      "other inputs", "--overwrite")
+    assert ("triples" in message) == (change == "triples") and ("learning_rate" in message) != (change == "triples")
+    assert snapshot(tmp_path) == before
+
+
+# -- 10. numeric extremes inside data ---------------------------------------------------------------
+
+@pytest.mark.parametrize("scores", ["[NaN, 1]", "[Infinity, 0]", "[1e400, 0]", "[true, 0]", "[1e30, -1e30]"])
+def test_teacher_scores_that_break_margin_mse_are_refused_by_line(tmp_path, capsys, scores):
+    triples = write(tmp_path / "t.jsonl", [TRAIN_TRIPLE[:-1] + ', "scores": [1, 0]}',
+                                           TRAIN_TRIPLE[:-1] + f', "scores": {scores}}}'])
+    refused(cli(["train", "--triples", triples, "--output", tmp_path / "model", "--loss", "margin-mse",
+                 "--batch-size", "1", "--quiet"], capsys), f"{triples}:2:", "'scores'")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_grade_beyond_a_c_integer_is_refused_by_line(tmp_path, capsys):
+    run = write(tmp_path / "run.txt", ["1 Q0 a 1 2.0 t", "1 Q0 b 2 1.0 t"])
+    qrels = write(tmp_path / "qrels.txt", ["1 0 b 1", "1 0 a " + "9" * 400])
+    refused(cli(["evaluate", "--run", run, "--qrels", qrels], capsys), f"{qrels}:2:", "relevance")
+
+
+# -- 11. a figure survives its own round trip ---------------------------------------------------------
+
+@pytest.mark.parametrize("k", ["5000", "1000000"])
+def test_a_fused_run_is_evaluated_in_its_own_order(tmp_path, capsys, k):
+    from pipeline.readers import read_run
+
+    a = write(tmp_path / "a.txt", ["1 Q0 x 1 3.0 a", "1 Q0 y 2 2.0 a", "1 Q0 z 3 1.0 a"])
+    b = write(tmp_path / "b.txt", ["1 Q0 y 1 9.0 b", "1 Q0 z 2 8.0 b", "1 Q0 w 3 1.0 b"])
+    out = tmp_path / "fused.txt"
+    assert cli(["fuse", "--runs", a, b, "--output", out, "--k", k], capsys)[0] == 0
+    in_file = [line.split()[2] for line in out.read_text().splitlines()]
+    read_back = read_run(out)["1"]
+    as_evaluated = sorted(read_back, key=lambda doc: (read_back[doc], doc), reverse=True)  # trec_eval's order
+    assert in_file == as_evaluated == ["y", "z", "x", "w"]
+
+
+def test_linear_weights_whose_scores_overflow_a_run_reader_are_refused(tmp_path, capsys):
+    a, b = runs(tmp_path)
+    refused(cli(["fuse", "--runs", a, b, "--output", tmp_path / "f.txt", "--method", "linear", "--weights",
+                 "1e308", "1e308"], capsys), "--weights")
+    assert not (tmp_path / "f.txt").exists()
+
+
+def test_search_scores_keep_their_six_decimals(world):
+    lines = world["run"].read_text().splitlines()
+    assert lines and all(line.split()[4].endswith(".000000") for line in lines)  # integer scores, as before
