@@ -516,3 +516,101 @@ def test_linear_weights_whose_scores_overflow_a_run_reader_are_refused(tmp_path,
 def test_search_scores_keep_their_six_decimals(world):
     lines = world["run"].read_text().splitlines()
     assert lines and all(line.split()[4].endswith(".000000") for line in lines)  # integer scores, as before
+
+
+# -- 12. the service: URL-special ids, limits, surrogates, slow clients --------------------------------
+
+ODD_IDS = ["a/b", "x?y", "100%", "h#1", "semi;colon", "plus+sign", "ü/ñ"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The app over an index (stored documents) whose ids hold URL-special characters, in-process."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.service import create_app
+    from pipeline.service.guard import Limits
+
+    root = tmp_path_factory.mktemp("hostile2-serve")
+    corpus = write(root / "corpus.jsonl", beir({doc: f"coral reef {n} and ocean tides" for n, doc in
+                                                enumerate(ODD_IDS)}))
+    stages.encode(corpus, root / "coll", progress=False, **QUIET)
+    stages.index(root / "coll", root / "idx", threads=1, store_raw=True, **QUIET)
+    limits = Limits(max_query_chars=64, max_hits=20, max_batch=3, max_batch_hits=40)
+    with TestClient(create_app({"odd": root / "idx"}, threads=1, limits=limits)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("docid", ODD_IDS)
+def test_every_document_id_reaches_its_document(service, docid):
+    from urllib.parse import quote
+
+    response = service.get(f"/v1/odd/doc/{quote(docid, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["docid"] == docid and response.json()["doc"]["id"] == docid
+
+
+@pytest.mark.parametrize("params, status, field", [
+    ({"query": "c" * 64}, 200, None), ({"query": "c" * 65}, 400, "query"),
+    ({"query": "coral", "hits": 20}, 200, None), ({"query": "coral", "hits": 21}, 400, "hits"),
+])
+def test_queries_at_and_past_the_limits(service, params, status, field):
+    response = service.get("/v1/odd/search", params=params)
+    assert response.status_code == status, response.text
+    if field:
+        assert response.json()["field"] == field and "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ('{"queries": [{"id": "\\ud800", "text": "coral"}]}', "queries[0]"),
+    ('{"queries": [{"id": "q", "text": "coral \\udc00"}]}', "queries[0]"),
+    ('{"queries": [{"id": "q", "vector": {"\\ud800": 3}}]}', "queries[0]"),
+    ('{"queries": [{"id": "a", "text": "x"}, {"id": "b", "text": "x"}, {"id": "c", "text": "x"}, '
+     '{"id": "d", "text": "x"}]}', "queries"),
+    ('{"queries": [{"id": "a", "text": "x"}, {"id": "b", "text": "x"}, {"id": "c", "text": "x"}], "hits": 20}',
+     "hits"),
+])
+def test_batch_requests_past_a_limit_or_not_unicode_are_400_naming_the_field(service, body, field):
+    response = service.post("/v1/odd/search", content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"].startswith(field) and "Traceback" not in response.text
+
+
+def test_slow_bodies_do_not_take_the_slots_of_other_requests():
+    import asyncio
+
+    from pipeline.service.guard import Guard, Limits
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario():
+        guard = Guard(app, Limits(max_in_flight=2, body_timeout_s=5))
+        stalled = asyncio.Event()
+
+        async def never():  # a client that sent its head and then nothing
+            await stalled.wait()
+            return {"type": "http.disconnect"}
+
+        scope = {"type": "http", "raw_path": b"/", "query_string": b"", "headers": []}
+        slow = [asyncio.create_task(guard(scope, never, _sink([]))) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        sent: list = []
+
+        async def body():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        await asyncio.wait_for(guard(scope, body, _sink(sent)), 2)
+        stalled.set()
+        await asyncio.gather(*slow)
+        return sent[0]["status"]
+
+    assert asyncio.run(scenario()) == 200
+
+
+def _sink(messages: list):
+    async def send(message):
+        messages.append(message)
+    return send
