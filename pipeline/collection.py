@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 from pipeline import __version__, outputs
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.outputs import file_sha256, write_atomic  # write_atomic is also used by search, bm25, train
-from pipeline.readers import Document, corpus_files, corpus_format, read_corpus, read_corpus_from
+from pipeline.readers import (LUCENE_INT_MAX, Document, corpus_files, corpus_format, read_corpus,
+                              read_corpus_from)
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
@@ -266,6 +267,10 @@ def shard_content(plan: dict[str, Any], index: int, docs: list[Document], encode
     lines, postings = [], []
     for doc in docs:
         terms = encoder.to_terms(next(vectors), scale) if doc.text else {}
+        if sum(terms.values()) > LUCENE_INT_MAX:
+            raise PipelineError(f"--scale {scale:g} gives document {doc.id[:80]!r} impacts totalling "
+                                f"{sum(terms.values()):,}, beyond what Lucene counts ({LUCENE_INT_MAX:,}); "
+                                "use a smaller --scale, e.g. 100")
         lines.append(document_line(doc.id, doc.text, terms))
         postings.append(len(terms))
     emptied = sum(1 for doc, count in zip(docs, postings) if doc.text and not count)

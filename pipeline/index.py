@@ -24,7 +24,7 @@ from typing import Any
 from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.readers import LUCENE_TERM_BYTES
+from pipeline.readers import LUCENE_INT_MAX, LUCENE_TERM_BYTES
 
 RECORD = "splade-pipeline.json"
 COUNTERS = ("indexed", "unindexable", "empty", "skipped", "errors")
@@ -148,6 +148,8 @@ def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
     for token, weight in vector.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             return None, f"weight of {token!r} in document {record['id']!r} is not a number"
+    if sum(weight for weight in vector.values() if weight > 0) > LUCENE_INT_MAX:
+        return None, f"weights of document {record['id'][:80]!r} total more than Lucene counts ({LUCENE_INT_MAX:,})"
     return record, None
 
 

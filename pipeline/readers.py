@@ -126,6 +126,7 @@ def _string_field(path: Path, number: int, record: dict, key: str, required: boo
 
 
 MAX_GRADE = 2 ** 31 - 1  # a 32-bit C integer, the smallest trec_eval may hold a grade in
+LUCENE_INT_MAX = 2 ** 31 - 1  # Lucene counts term frequencies (impacts) and a document's total of them in Java ints
 LUCENE_TERM_BYTES = 32_766  # Lucene's longest term (IndexWriter.MAX_TERM_LENGTH), in UTF-8 bytes
 
 

@@ -38,13 +38,14 @@ from pipeline import jvm
 from pipeline.collection import write_atomic
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import load_record
+from pipeline.readers import LUCENE_INT_MAX
 
 Hit = tuple[str, float]
 FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
 TIE_DEPTH_LIMIT = 10_000  # at most this many hits beyond the cut-off are fetched to settle ties
 FLOAT32_EXACT = 2 ** 24  # integers up to here are exact float32 values
-JAVA_INT_MAX = 2 ** 31 - 1  # Anserini takes query weights as Java Integers
+JAVA_INT_MAX = LUCENE_INT_MAX  # Anserini takes query weights as Java Integers
 
 
 def java_hits(found) -> dict[str, list[Hit]]:

@@ -299,4 +299,8 @@ def _check_state(folder: Path, settings: TrainSettings, base, digest: str) -> tu
     if not saved:
         return None
     step, path = saved[-1]
+    progress = _saved(path / "trainer_state.json")  # the Trainer reads it on resuming: a damaged one is named here
+    if progress.get("global_step") != step:
+        raise InputError(path / "trainer_state.json", f"records step {progress.get('global_step')!r}, not {step}: "
+                                                      "the checkpoint is damaged; use --overwrite to start again")
     return path, step

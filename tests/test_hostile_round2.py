@@ -614,3 +614,54 @@ def _sink(messages: list):
     async def send(message):
         messages.append(message)
     return send
+
+
+# -- 13. more outputs and numbers that another stage reads back --------------------------------------
+
+def test_a_scale_whose_impacts_lucene_cannot_count_is_refused_at_encode(tmp_path, capsys, world):
+    refused(cli(["encode", "--corpus", world["corpus"], "--output", tmp_path / "coll", "--scale", "1e10",
+                 "--quiet"], capsys), "--scale 1e+10", "beyond what Lucene counts")
+    assert not (tmp_path / "coll" / "manifest.json").exists()
+
+
+def test_weights_lucene_cannot_count_in_a_collection_made_elsewhere_are_named(tmp_path, capsys):
+    coll = write(tmp_path / "coll" / "docs.jsonl", ['{"id": "a", "contents": "x", "vector": {"coral": 3}}',
+                                                    '{"id": "b", "contents": "y", "vector": {"reef": 3000000000}}'])
+    refused(cli(["index", "--collection", coll.parent, "--index", tmp_path / "idx", "--quiet"], capsys),
+            "docs.jsonl:2:", "Lucene counts")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_fuse_output_that_is_an_input_through_dot_dot(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = runs(tmp_path)
+    before = snapshot(tmp_path)
+    refused(cli(["fuse", "--runs", "a.txt", "b.txt", "--output", "nothere/../a.txt"], capsys), "is one of the --runs")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_index_into_its_own_collection_is_refused(tmp_path, capsys, world):
+    import shutil
+
+    coll = tmp_path / "coll"
+    shutil.copytree(world["collection"], coll)
+    before = snapshot(tmp_path)
+    refused(cli(["index", "--collection", coll, "--index", coll / "vectors" / "..", "--overwrite", "--quiet"],
+                capsys), "did not write")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
+    from pipeline import models
+    from pipeline.train import Triple, triples_digest
+
+    triples = write(tmp_path / "t.jsonl", [TRAIN_TRIPLE] * 4)
+    out = tmp_path / "model"
+    write(out / "checkpoint" / "state.json", [json.dumps({
+        "settings": _settings(), "base": models.resolve(None).fingerprint,
+        "triples": triples_digest([Triple("coral", "coral reef", "moon tides")] * 4)})])
+    write(out / "checkpoint" / "checkpoint-2" / "trainer_state.json", ['{"global_step": 2, "log_hist'])
+    before = snapshot(tmp_path)
+    refused(cli(["train", "--triples", triples, "--output", out, "--batch-size", "2", "--quiet"], capsys),
+            "checkpoint-2/trainer_state.json")
+    assert snapshot(tmp_path) == before
