@@ -228,7 +228,8 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
         return {"step": step, "total_steps": steps, "finished": False}
     modules.save_plain(model, str(output))
     summary = {"base_encoder": base.describe(), "settings": asdict(settings), "triples": len(triples),
-               "triples_sha256": digest, "steps": step, "device": placement.describe(), "final": log.last, "finished": True}
+               "triples_sha256": digest, "steps": step, "device": placement.describe(), "final": log.last,
+               "finished": True}
     write_json(output / "training.json", summary)
     outputs.remove_owned(checkpoint, lambda name: True)
     return summary
