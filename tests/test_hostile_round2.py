@@ -665,3 +665,34 @@ def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path, capsys):
     refused(cli(["train", "--triples", triples, "--output", out, "--batch-size", "2", "--quiet"], capsys),
             "checkpoint-2/trainer_state.json")
     assert snapshot(tmp_path) == before
+
+
+# -- 14. the exported int8 graph cache: damaged, empty, another model's ---------------------------------
+
+@pytest.mark.slow
+def test_a_damaged_or_foreign_graph_cache_is_exported_again(tmp_path):
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from pipeline import models
+    from pipeline.backends import onnx_runner
+    from pipeline.encoder import SpladeEncoder
+
+    location = tmp_path / "model"  # a writable copy: the cache goes beside it, not in the shared one
+    shutil.copytree(models.resolve(None).location, location, ignore=shutil.ignore_patterns(".splade-pipeline"))
+    ref = models.resolve(str(location))
+    texts = ["coral reef", "moon tides"]
+    expected = SpladeEncoder(ref, "max", 64, threads=1, backend="onnx").encode(texts)
+    graph = onnx_runner.exported_graph(ref, None, "onnx")
+    recipe = graph.parent / "recipe.json"
+    for damage in ("truncated", "empty", "another model's"):
+        if damage == "truncated":
+            graph.write_bytes(graph.read_bytes()[:1000])
+        elif damage == "empty":
+            graph.write_bytes(b"")
+        else:
+            value = json.loads(recipe.read_text())
+            value["model"]["model_fingerprint"] = "sha256:another"
+            recipe.write_text(json.dumps(value))
+        again = SpladeEncoder(ref, "max", 64, threads=1, backend="onnx").encode(texts)
+        assert all((a == b).all() for a, b in zip(again, expected)), damage
