@@ -189,8 +189,8 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
                     else None, summary.get("triples_sha256", digest)),
             _inputs(asdict(settings), base.fingerprint, digest))
         if diff:
-            raise PipelineError(f"{output} was trained from other inputs ({'; '.join(diff)}); use --overwrite to "
-                                "train again")
+            raise PipelineError(f"{output} was trained with other settings or triples ({'; '.join(diff)}); "
+                                "use --overwrite to train again")
         say(f"{output}: already trained (training.json); use --overwrite to train again")
         return summary
     steps = total_steps(len(triples), settings)
@@ -293,8 +293,8 @@ def _check_state(folder: Path, settings: TrainSettings, base, digest: str) -> tu
     diff = outputs.differences(_inputs(state.get("settings"), state.get("base"), state.get("triples", digest)),
                                _inputs(asdict(settings), base.fingerprint, digest))
     if diff:
-        raise PipelineError(f"{folder} holds a run with other inputs ({'; '.join(diff)}); use --overwrite to "
-                            "start again")
+        raise PipelineError(f"{folder} holds a run with other settings or triples ({'; '.join(diff)}); "
+                            "use --overwrite to start again")
     saved = sorted((int(path.name.split("-")[1]), path) for path in folder.glob("checkpoint-*")
                    if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").is_file())
     if not saved:
