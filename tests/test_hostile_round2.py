@@ -569,6 +569,9 @@ def test_queries_at_and_past_the_limits(service, params, status, field):
      '{"id": "d", "text": "x"}]}', "queries"),
     ('{"queries": [{"id": "a", "text": "x"}, {"id": "b", "text": "x"}, {"id": "c", "text": "x"}], "hits": 20}',
      "hits"),
+    ('{"queries": [{"id": "q", "vector": {"coral": 1000001}}]}', "queries[0]"),
+    ('{"queries": [{"id": "q", "vector": {"coral": 0}}]}', "queries[0]"),
+    ('{"queries": [{"id": "q", "vector": {"' + "t" * 257 + '": 3}}]}', "queries[0]"),
 ])
 def test_batch_requests_past_a_limit_or_not_unicode_are_400_naming_the_field(service, body, field):
     response = service.post("/v1/odd/search", content=body.encode(), headers={"content-type": "application/json"})
