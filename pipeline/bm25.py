@@ -7,12 +7,12 @@ analysis (Porter stemming, stopwords), BM25 with k1=0.9, b=0.4.
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline import jvm
-from pipeline.collection import write_atomic
+from pipeline import jvm, outputs
+from pipeline.collection import corpus_sha256, write_atomic
 from pipeline.index import build_lucene_index, load_record
 from pipeline.readers import read_corpus
 from pipeline.search import Hit, java_hits, java_list, require_index
@@ -34,19 +34,19 @@ def build_bm25_index(corpus: Path, index: Path, threads: int = 1, verbose: bool 
     """A BM25 index of ``corpus`` (reused when it exists for the same corpus)."""
     index = Path(index)
     existing = load_record(index) if index.is_dir() else None
-    if existing and existing.get("corpus") == str(Path(corpus).resolve()):
+    if existing and existing.get("corpus_sha256") == corpus_sha256(corpus):  # the same content, wherever it lies
         return existing
-    folder = index.with_name(f".{index.name}.collection")
-    documents, _ = write_flat_collection(corpus, folder)
     options = ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator",
                "-threads", str(threads), "-optimize"]
-    try:
+    outputs.writable_parent(index, "--index")
+    # The flat collection is a work file: a fresh folder of its own (mkdtemp never reuses a name), so
+    # removing it afterwards can never remove a folder that was there before.
+    with tempfile.TemporaryDirectory(prefix=f".{index.name}.collection-", dir=outputs.absolute(index).parent) as work:
+        documents, _ = write_flat_collection(corpus, Path(work))
         # Anserini counts a document whose analysed text is empty as "empty" and skips it.
-        record = build_lucene_index(folder, index, options, (documents, None), Path(corpus), verbose,
-                                    {"corpus": str(Path(corpus).resolve()), "model": "bm25-flat"})
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return record
+        return build_lucene_index(Path(work), index, options, (documents, None), Path(corpus), verbose,
+                                  {"corpus": str(Path(corpus).resolve()), "corpus_sha256": corpus_sha256(corpus),
+                                   "model": "bm25-flat"})
 
 
 def bm25_search(index: Path, topics: dict[str, str], hits: int = 1000, threads: int = 1, k1: float = K1,

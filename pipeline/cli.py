@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
             triples = train.read_triples(args.triples)
         elif args.queries and args.qrels and args.corpus:
             triples = train.mine_triples(args.queries, args.qrels, args.corpus, args.negatives, seed=args.seed,
-                                         workdir=args.output.parent, threads=args.threads or 1)
+                                         threads=args.threads or 1)
         else:
             raise PipelineError("train needs --triples, or --queries, --qrels and --corpus to mine them")
         settings = train.TrainSettings(

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 from pipeline import __version__, outputs
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.outputs import file_sha256, write_atomic  # write_atomic is also used by search, bm25, train
-from pipeline.readers import Document, corpus_files, corpus_format, read_corpus, read_corpus_from
+from pipeline.readers import (LUCENE_INT_MAX, Document, corpus_files, corpus_format, read_corpus,
+                              read_corpus_from)
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
@@ -139,11 +140,39 @@ def release_memory() -> None:
 # -- the validation pass -----------------------------------------------------------------------
 
 def source_identity(path: Path) -> dict[str, Any]:
-    """Where the corpus is and what it looked like: a change since planning invalidates the plan."""
+    """Where the corpus is and what it looked like: a change since planning invalidates the plan.
+
+    A corpus is identified by its content: ``sha256`` over its files' names and bytes. Size and
+    modification time alone miss an edit that keeps the size and restores the time (``rsync -t``,
+    ``touch -r``, a checkout), which would keep the old vectors of changed documents. Hashing reads the
+    corpus once more at disk speed, on every run (a rerun of a finished collection included).
+    """
     files = corpus_files(path)
     stats = [f.stat() for f in files]
     return {"path": str(path.resolve()), "files": [str(f.relative_to(path)) for f in files] if path.is_dir() else [],
-            "bytes": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
+            "bytes": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats),
+            "sha256": corpus_sha256(path)}
+
+
+def same_source(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the corpus is the one recorded: by content digest; a plan written before digests were
+    recorded falls back to size and modification time (all it has)."""
+    keys = ("files", "bytes", "sha256") if "sha256" in recorded else ("files", "bytes", "mtime_ns")
+    return all(recorded.get(key) == now.get(key) for key in keys)
+
+
+def corpus_sha256(path: Path) -> str:
+    """The content digest of a corpus file or folder: each file's name (relative) and bytes, in order."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in corpus_files(path):
+        name = str(file.relative_to(path)) if path.is_dir() else ""
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def source_paths(source: dict[str, Any]) -> list[Path]:
@@ -260,6 +289,10 @@ def shard_content(plan: dict[str, Any], index: int, docs: list[Document], encode
     lines, postings = [], []
     for doc in docs:
         terms = encoder.to_terms(next(vectors), scale, settings.get("quantisation", "scale")) if doc.text else {}
+        if sum(terms.values()) > LUCENE_INT_MAX:
+            raise PipelineError(f"--scale {scale:g} gives document {doc.id[:80]!r} impacts totalling "
+                                f"{sum(terms.values()):,}, beyond what Lucene counts ({LUCENE_INT_MAX:,}); "
+                                "use a smaller --scale, e.g. 100")
         lines.append(document_line(doc.id, doc.text, terms))
         postings.append(len(terms))
     emptied = sum(1 for doc, count in zip(docs, postings) if doc.text and not count)
@@ -295,7 +328,8 @@ def finished_shards(folder: Path, plan: dict[str, Any]) -> dict[int, dict[str, A
         vector_path = folder / VECTORS / f"{shard_name(index)}.jsonl"
         if record_path.is_file() and vector_path.is_file():
             record = read_json(record_path)
-            if record.get("planned") == plan["shards"][index] and file_sha256(vector_path) == record.get("sha256"):
+            if isinstance(record, dict) and record.get("planned") == plan["shards"][index] \
+                    and record.get("sha256") == file_sha256(vector_path):  # else ours to encode again
                 done[index] = record
     return done
 
@@ -329,19 +363,28 @@ def finish(folder: Path) -> dict[str, Any]:
 
 # -- the stage ---------------------------------------------------------------------------------
 
-def verify_vectors(folder: Path, manifest: dict[str, Any]) -> None:
-    """``vectors/`` must hold exactly the manifest's shards, unchanged: Anserini indexes every file there."""
+MISSING_SHARD = "missing shard listed in manifest.json"
+
+
+def shard_problems(folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, str]]:
+    """What keeps ``vectors/`` from holding exactly the manifest's shards, unchanged: (file, problem)."""
     folder = Path(folder)
     expected = {Path(shard["file"]).name: shard["sha256"] for shard in manifest["shards"]}
     present = {path.name for path in (folder / VECTORS).iterdir()} if (folder / VECTORS).is_dir() else set()
-    for name in sorted(present - set(expected)):
-        raise InputError(folder / VECTORS / name, "unexpected file in the collection (not in manifest.json)")
-    for name in sorted(set(expected) - present):
-        raise InputError(folder / VECTORS / name, "missing shard listed in manifest.json")
-    for name, checksum in sorted(expected.items()):
-        if file_sha256(folder / VECTORS / name) != checksum:
-            raise InputError(folder / VECTORS / name, "changed since it was encoded (sha256 differs from "
-                                                      "manifest.json); encode again with --overwrite")
+    problems = [(folder / VECTORS / name, "unexpected file in the collection (not in manifest.json)")
+                for name in sorted(present - set(expected))]
+    problems += [(folder / VECTORS / name, MISSING_SHARD) for name in sorted(set(expected) - present)]
+    problems += [(folder / VECTORS / name, "changed since it was encoded (sha256 differs from manifest.json); "
+                                           "encode again with --overwrite")
+                 for name, checksum in sorted(expected.items())
+                 if name in present and file_sha256(folder / VECTORS / name) != checksum]
+    return problems
+
+
+def verify_vectors(folder: Path, manifest: dict[str, Any]) -> None:
+    """``vectors/`` must hold exactly the manifest's shards, unchanged: Anserini indexes every file there."""
+    for path, problem in shard_problems(folder, manifest)[:1]:
+        raise InputError(path, problem)
 
 
 COLLECTION_ENTRY = re.compile(r"(?:plan|manifest)\.json|(?:vectors|shards|\.tmp)/|vectors/part-\d{5}\.jsonl"
@@ -369,8 +412,19 @@ def is_collection(folder: Path) -> bool:
 
 
 def load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a finished collection, refused by name when it is not one this tool can read."""
     path = Path(folder) / MANIFEST
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return readable_record(path, read_json(path))
+
+
+def readable_record(path: Path, record: Any) -> dict[str, Any]:
+    """A plan or manifest with the parts later steps read (settings, source, shards), else refused."""
+    if not (isinstance(record, dict) and isinstance(record.get("settings"), dict)
+            and isinstance(record.get("source"), dict) and isinstance(record.get("shards"), list)):
+        raise InputError(path, "not a record this version of splade-pipeline can read; encode again with --overwrite")
+    return record
 
 
 def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: bool,
@@ -384,24 +438,38 @@ def prepare(corpus: Path, folder: Path, settings: EncodeSettings, overwrite: boo
         outputs.remove_owned(folder, is_collection_entry, keep_folder=True)
     manifest = load_manifest(folder)
     plan_path = folder / PLAN
-    recorded = manifest or (read_json(plan_path) if plan_path.is_file() else None)
+    recorded = manifest or (readable_record(plan_path, read_json(plan_path)) if plan_path.is_file() else None)
     if recorded is not None:
         diff = differences(settings_key(recorded["settings"]), settings.key())
         source_then = recorded["source"]
         if source_then["path"] != str(corpus.resolve()):
             diff.append(f"corpus {source_then['path']} -> {corpus.resolve()}")
-        elif any(source_then.get(k) != v for k, v in source_identity(corpus).items()):
-            diff.append("corpus file changed since it was encoded")
+        elif not same_source(source_then, source_identity(corpus)):
+            diff.append("corpus file changed since it was encoded (its content differs)")
         if diff:
             raise ConsistencyError(f"{folder} was encoded with other settings ({'; '.join(diff)}); "
                                    "use --overwrite to encode it again")
         if manifest is not None:
-            return None
+            return _damaged(folder, manifest)
         return recorded
     plan = plan_corpus(corpus, settings.shard_size, progress)
     plan["settings"] = asdict(settings)
     write_json(plan_path, plan)
     return plan
+
+
+def _damaged(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """``None`` for a complete collection; the plan again when only shard files are missing (deleted
+    since: they are ours to rebuild, and the manifest goes until they are back); refused otherwise."""
+    problems = shard_problems(folder, manifest)
+    if not problems:
+        return None
+    if any(problem != MISSING_SHARD for _, problem in problems) or not (folder / PLAN).is_file():
+        path, problem = problems[0]
+        raise InputError(path, problem if problem != MISSING_SHARD else f"{problem}, and {PLAN} is gone too: "
+                                                                         "encode again with --overwrite")
+    (folder / MANIFEST).unlink()
+    return read_json(folder / PLAN)
 
 
 RunShards = Callable[[Path, dict[str, Any], list[int], Any], None]  # (folder, plan, pending, tqdm bar)
@@ -416,7 +484,7 @@ def encode_corpus(corpus: Path, folder: Path, load_encoder: Callable[[], Any], s
     collection does not pay for loading the model. ``run_shards`` encodes the pending shards
     elsewhere (``pipeline.distributed``: on Ray workers); by default they run in this process.
     """
-    folder = Path(folder)
+    folder = outputs.resolved(folder)
     with outputs.locked(folder, "encode"):
         return _encode_locked(corpus, folder, load_encoder, settings, overwrite, progress, run_shards)
 

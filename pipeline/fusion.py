@@ -13,10 +13,11 @@ from pathlib import Path
 
 from pipeline import outputs
 from pipeline.errors import ConsistencyError, PipelineError
-from pipeline.readers import read_run
+from pipeline.readers import check_run_tag, read_run
 from pipeline.search import Hit, write_run
 
 METHODS = ("rrf", "linear")
+MAX_WEIGHT_SUM = 1e38  # a linear score is at most the sum of the weights; float32 ends at 3.4e38
 
 
 def ranked(hits: dict[str, float]) -> list[str]:
@@ -69,6 +70,9 @@ def check_options(paths: list[Path], method: str, k: float, weights: list[float]
         raise PipelineError(f"--weights: {len(weights)} weights for {len(paths)} runs")
     if not all(math.isfinite(w) for w in weights) or not any(weights):
         raise PipelineError(f"--weights must be finite numbers, not all zero, got {weights}")
+    if sum(abs(w) for w in weights) > MAX_WEIGHT_SUM:
+        raise PipelineError(f"--weights add up to more than {MAX_WEIGHT_SUM:g} in size: fused scores would "
+                            "overflow the 32-bit floats that evaluate and trec_eval read them as")
     return weights
 
 
@@ -89,12 +93,12 @@ def fuse_files(paths: list[Path], output: Path, method: str = "rrf", k: float = 
     As with search, an existing output is kept when made from the same runs and settings, refused
     without ``--overwrite`` otherwise, and never replaced when splade-pipeline did not write it.
     """
-    output = Path(output)
+    output = outputs.resolved(output)
     weights = check_options(paths, method, k, weights, hits)
     for path in paths:
-        if outputs.absolute(path) == outputs.absolute(output):
+        if outputs.absolute(outputs.resolved(path)) == outputs.absolute(output):
             raise PipelineError(f"--output {output} is one of the --runs; give the fused run another name")
-    tag = tag or f"fused-{method}"
+    tag = check_run_tag(f"fused-{method}" if tag is None else tag)
     with outputs.locked(output, "fuse"):
         state, made = outputs.file_state(output, "--output")
         inputs = {"runs": [outputs.file_sha256(Path(p)) if Path(p).is_file() else str(p) for p in paths],

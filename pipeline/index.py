@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.readers import LUCENE_INT_MAX, LUCENE_TERM_BYTES
 
 RECORD = "splade-pipeline.json"
 COUNTERS = ("indexed", "unindexable", "empty", "skipped", "errors")
@@ -137,12 +139,17 @@ def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
         return None, "expected a JSON object"
     if not isinstance(record.get("id"), str) or not record["id"].strip():
         return None, "missing or empty 'id'"
+    size = len(record["id"].encode("utf-8", "surrogatepass"))
+    if size > LUCENE_TERM_BYTES:
+        return None, f"id of {size:,} bytes (UTF-8) is longer than Lucene's limit of {LUCENE_TERM_BYTES:,} bytes"
     vector = record.get("vector")
     if not isinstance(vector, dict):
         return None, "missing 'vector' object {token: weight}"
     for token, weight in vector.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             return None, f"weight of {token!r} in document {record['id']!r} is not a number"
+    if sum(weight for weight in vector.values() if weight > 0) > LUCENE_INT_MAX:
+        return None, f"weights of document {record['id'][:80]!r} total more than Lucene counts ({LUCENE_INT_MAX:,})"
     return record, None
 
 
@@ -213,8 +220,35 @@ def document_frequencies(index: Path) -> tuple[int, dict[str, int]]:
 
 
 def load_record(index: Path) -> dict[str, Any] | None:
+    """The index's record, checked: search reads its encoder and settings, so a record that is valid
+    JSON but not ours (or damaged by hand) is refused by name instead of failing somewhere later."""
     path = Path(index) / RECORD
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    problem = _record_shape(record)
+    if problem:
+        raise InputError(path, f"not an index record splade-pipeline can read ({problem}); rebuild the index "
+                               "with --overwrite")
+    return record
+
+
+def _record_shape(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if "encoder" not in record:
+        return None  # an index of a collection made elsewhere: no encoder settings to read
+    encoder = record["encoder"]
+    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(key), str)
+                                                for key in ("name", "location", "fingerprint")):
+        return "'encoder' must name the model: name, location, fingerprint"
+    if record.get("pooling") not in ("max", "sum"):
+        return f"'pooling' must be max or sum, got {record.get('pooling')!r}"
+    for key, kind in (("scale", (int, float)), ("max_length", int)):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind) or not (0 < value < math.inf):
+            return f"'{key}' must be a positive number, got {value!r}"
+    return None
 
 
 INDEX_ENTRY = re.compile(r"segments(?:_\w+|\.gen)|pending_segments_\w+|write\.lock|_[^/]+"
@@ -261,7 +295,7 @@ def build_index(collection: Path, index: Path, threads: int = 1, store_raw: bool
     query side is the record's alone: on a finished index only the record is rewritten when it
     changes, the postings stay.
     """
-    collection, index = Path(collection), Path(index)
+    collection, index = Path(collection), outputs.resolved(index)
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
         return _build_index_locked(collection, index, threads, store_raw, overwrite, verbose, progress,
                                    query_encoder or (lambda manifest, existing: None))
@@ -299,6 +333,7 @@ def build_lucene_index(source: Path, index: Path, options: list[str], expected: 
                        collection: Path, verbose: bool, extra: dict[str, Any], progress: bool = False
                        ) -> dict[str, Any]:
     """Build into a temporary folder, verify every document is accounted for, then rename into place."""
+    index = outputs.resolved(index)
     with outputs.locked(index, "index"):
         target = outputs.absolute(index)
         check_index_folder(index)  # never replace a folder the index stage did not build

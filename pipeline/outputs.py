@@ -44,6 +44,26 @@ def absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+def resolved(path: Path) -> Path:
+    """The path an output will really have once its missing folders exist: every command calls this
+    on its output before checking what is there.
+
+    ``nothere/../victim.txt`` does not exist as typed until ``nothere/`` is made, so a check on the
+    typed path finds nothing and the write then lands on ``victim.txt``; through a link,
+    ``link/..`` is the link target's parent, not the folder holding the link. A path with a ``..``
+    is therefore resolved (links in its existing part followed, the rest taken as folders to be
+    made); its last name is kept, so an output that is itself a link is still checked as one. A
+    path without ``..`` already means what the system will make of it and is returned as typed,
+    so messages name it the way the user wrote it.
+    """
+    path = Path(path)
+    if ".." not in path.parts:
+        return path
+    if path.name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def write_atomic(path: Path, data: bytes, temp_dir: Path | None = None) -> None:
     """Write to a temporary file, sync, then rename: readers see all or nothing.
 
@@ -79,7 +99,7 @@ _HELD: dict[Path, int] = {}  # locks this process holds, by lock file
 
 
 def lock_path(target: Path) -> Path:
-    target = absolute(target)
+    target = absolute(resolved(target))
     return target.parent / f".{target.name}{LOCK_SUFFIX}"
 
 
@@ -246,7 +266,7 @@ def check_folder(folder: Path, option: str, what: str, ours: Callable[[str], boo
     ``ours`` says which names a folder of this kind is made of; ``owned`` whether the folder holds
     our record. A folder with our record but other files too is refused: those files are not ours.
     """
-    folder = Path(folder)
+    folder = resolved(folder)
     if not folder.exists() and not folder.is_symlink():
         return False
     if not folder.is_dir():
@@ -283,7 +303,7 @@ def remove_owned(folder: Path, ours: Callable[[str], bool], keep_folder: bool = 
 # -- file outputs and their records --------------------------------------------------------------
 
 def record_path(output: Path) -> Path:
-    output = absolute(output)
+    output = absolute(resolved(output))
     return output.parent / f".{output.name}{RECORD_SUFFIX}"
 
 
@@ -333,7 +353,7 @@ def claimed(output: Path, kind: str, inputs: dict[str, Any]) -> Iterator[None]:
 def file_state(output: Path, option: str) -> tuple[str, dict[str, Any] | None]:
     """``new``, ``ours`` (complete, checksum matches), ``unfinished`` (our record, no checksum yet)
     or refuse: a file the tool did not write, or one changed since."""
-    output = Path(output)
+    output = resolved(output)
     if not output.exists() and not output.is_symlink():
         return "new", read_record(output)
     if output.is_dir() or not output.is_file():
@@ -361,7 +381,7 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 def writable_parent(path: Path, option: str) -> None:
     """Make the parent folder of an output file, naming the path when that cannot be done."""
-    parent = absolute(path).parent
+    parent = absolute(resolved(path)).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

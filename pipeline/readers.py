@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 
 @dataclass(frozen=True)
 class Document:
@@ -58,6 +58,9 @@ def iter_lines(path: Path, start: int = 0, first_line: int = 1) -> Iterator[tupl
                 except UnicodeDecodeError as exc:
                     raise InputError(path, f"invalid UTF-8 (byte {exc.start} of the line)", number) from None
                 text = text.rstrip("\r\n")
+                if "\r" in text:  # a CR only ends lines on old Macs; read as one line it would merge records
+                    raise InputError(path, "carriage return (CR) inside the line: the file may use old Mac line "
+                                           "ends; convert them to LF (\\n) or CRLF", number)
                 if text.strip():
                     yield number, here, text
         except (OSError, EOFError) as exc:  # truncated or corrupt gzip stream
@@ -69,14 +72,46 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def _json_object(path: Path, number: int, text: str) -> dict:
+def json_record(path: Path, number: int, text: str) -> dict:
+    """One JSONL line as an object whose every string is valid Unicode text.
+
+    JSON can carry what UTF-8 cannot: a ``\\ud800`` escape decodes to a lone surrogate, which no
+    later stage can write (the collection, the run, a response), so it is refused here by line.
+    """
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
     if not isinstance(record, dict):
         raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
+    if "\\u" in text:  # only escapes can make a surrogate: skip the walk otherwise
+        where = _surrogate(record)
+        if where is not None:
+            raise InputError(path, f"{where} holds a lone surrogate (a \\ud800-\\udfff escape that is not "
+                                   "half of a pair): not valid Unicode text", number)
     return record
+
+
+def _surrogate(value, where: str = "the record") -> str | None:
+    """Where in a decoded JSON value a string holds an unpaired surrogate, or ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _surrogate(key, "a key") or _surrogate(item, f"field {key[:40]!r}" if where == "the record"
+                                                                   else where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _surrogate(item, where)
+            if found:
+                return found
+    return None
 
 
 def _string_field(path: Path, number: int, record: dict, key: str, required: bool = True) -> str:
@@ -90,12 +125,43 @@ def _string_field(path: Path, number: int, record: dict, key: str, required: boo
     return str(value)
 
 
+MAX_GRADE = 2 ** 31 - 1  # a 32-bit C integer, the smallest trec_eval may hold a grade in
+LUCENE_INT_MAX = 2 ** 31 - 1  # Lucene counts term frequencies (impacts) and a document's total of them in Java ints
+LUCENE_TERM_BYTES = 32_766  # Lucene's longest term (IndexWriter.MAX_TERM_LENGTH), in UTF-8 bytes
+
+
+def run_field_problem(value: str) -> str | None:
+    """What keeps ``value`` from being one column of a run file, or ``None``.
+
+    The one rule for every column a run file holds (query and document ids, the run tag): ``read_run``
+    and trec_eval split a line at any whitespace (Python's ``str.split`` counts more characters as
+    whitespace than a space and a tab: no-break spaces, U+2028 and others), and C tools end a string
+    at NUL, so a value with any of them would change the columns of its line.
+    """
+    if not value.strip():
+        return "is empty"
+    if any(c.isspace() for c in value):
+        return "contains whitespace (run files could not hold it)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains a control character (run files could not hold it)"
+    return None
+
+
 def _check_id(path: Path, number: int, value: str, what: str) -> str:
     if not value.strip():
         raise InputError(path, f"empty {what} id", number)
-    if any(c.isspace() for c in value):
-        raise InputError(path, f"{what} id {value!r} contains whitespace (run files could not hold it)", number)
+    problem = run_field_problem(value)
+    if problem:
+        raise InputError(path, f"{what} id {value[:80]!r} {problem}", number)
     return value
+
+
+def check_run_tag(tag: str, option: str = "--run-tag") -> str:
+    """A run tag that the run file's readers (``evaluate``, trec_eval) will read back as one column."""
+    problem = run_field_problem(tag) if isinstance(tag, str) else "is not text"
+    if problem:
+        raise PipelineError(f"{option} {tag!r} {problem}; use letters, digits and punctuation such as - _ .")
+    return tag
 
 
 def corpus_files(path: Path) -> list[Path]:
@@ -128,7 +194,7 @@ def _file_format(path: Path) -> str:
         raise InputError(path, f"unknown corpus format '{suffix or path.name}': expected .jsonl "
                                "(BEIR or JsonCollection) or .tsv (MS MARCO), optionally .gz")
     for number, _, text in iter_lines(path):
-        record = _json_object(path, number, text)
+        record = json_record(path, number, text)
         if "_id" in record:
             return "beir"
         if "id" in record and "contents" in record:
@@ -138,14 +204,27 @@ def _file_format(path: Path) -> str:
     raise InputError(path, "empty file: no documents")
 
 
+HEADER_IDS = {"id", "_id", "docid", "doc_id", "doc-id", "pid", "qid", "query_id", "query-id", "corpus-id", "topic"}
+HEADER_TEXTS = {"text", "contents", "content", "passage", "query", "title", "body", "question"}
+
+
+def _refuse_header(path: Path, number: int, key: str, text: str) -> None:
+    """A TSV corpus or topics file has no header line (MS MARCO's have none); a first line that reads
+    like one (``id<TAB>text``) would otherwise become a document or query named ``id``."""
+    if number == 1 and key.strip().lower() in HEADER_IDS and text.strip().lower() in HEADER_TEXTS:
+        raise InputError(path, f"looks like a header line ({key.strip()!r} / {text.strip()!r}); TSV corpora and "
+                               "topics have none: remove it", number)
+
+
 def parse_document(path: Path, fmt: str, number: int, text: str) -> Document:
     """One corpus line to a Document; title and text are joined as BEIR and Pyserini do."""
     if fmt == "tsv":
         doc_id, sep, body = text.partition("\t")
         if not sep:
             raise InputError(path, "expected 'id<TAB>text'", number)
-        return Document(_check_id(path, number, doc_id, "document"), body.strip(), number)
-    record = _json_object(path, number, text)
+        _refuse_header(path, number, doc_id, body)
+        return Document(_document_id(path, number, doc_id), body.strip(), number)
+    record = json_record(path, number, text)
     if fmt == "beir":
         doc_id = _string_field(path, number, record, "_id")
         body = _string_field(path, number, record, "text")
@@ -154,7 +233,18 @@ def parse_document(path: Path, fmt: str, number: int, text: str) -> Document:
     else:
         doc_id = _string_field(path, number, record, "id")
         contents = _string_field(path, number, record, "contents").strip()
-    return Document(_check_id(path, number, doc_id, "document"), contents, number)
+    return Document(_document_id(path, number, doc_id), contents, number)
+
+
+def _document_id(path: Path, number: int, doc_id: str) -> str:
+    """A document id the index can hold: Lucene refuses a term over 32,766 UTF-8 bytes, and one such
+    id fails the whole index after every document was encoded, so it is refused here, by line."""
+    _check_id(path, number, doc_id, "document")
+    size = len(doc_id.encode("utf-8", "surrogatepass"))
+    if size > LUCENE_TERM_BYTES:
+        raise InputError(path, f"document id of {size:,} bytes (UTF-8) is longer than Lucene's limit of "
+                               f"{LUCENE_TERM_BYTES:,} bytes for a term", number)
+    return doc_id
 
 
 def read_corpus_from(files: list[Path], fmt: str, file_index: int = 0, start: int = 0,
@@ -190,7 +280,7 @@ def read_topics(path: Path) -> dict[str, str]:
     lines: dict[str, int] = {}
     for number, _, text in iter_lines(path):
         if suffix in (".jsonl", ".json"):
-            record = _json_object(path, number, text)
+            record = json_record(path, number, text)
             key = "_id" if "_id" in record else "id"
             qid = _string_field(path, number, record, key)
             query = _string_field(path, number, record, "contents" if "contents" in record else "text")
@@ -198,6 +288,7 @@ def read_topics(path: Path) -> dict[str, str]:
             qid, sep, query = text.partition("\t")
             if not sep:
                 raise InputError(path, "expected 'qid<TAB>query text'", number)
+            _refuse_header(path, number, qid, query)
         _check_id(path, number, qid, "query")
         if not query.strip():
             raise InputError(path, f"query {qid!r} has no text", number)
@@ -228,6 +319,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             value = int(grade)
         except ValueError:
             raise InputError(path, f"relevance {grade!r} is not an integer", number) from None
+        if abs(value) > MAX_GRADE:
+            raise InputError(path, f"relevance {grade[:20]!r} is beyond +-{MAX_GRADE:,} (trec_eval reads grades as "
+                                   "C integers)", number)
         _unique(path, number, lines, f"{qid}\t{docid}", "judgment for query/doc")
         qrels.setdefault(qid, {})[docid] = value
     if not qrels:
@@ -294,7 +388,7 @@ def read_encoded_queries(path: Path) -> dict[str, dict[str, int]]:
     lines: dict[str, int] = {}
     for number, _, text in iter_lines(path):
         if suffix in (".jsonl", ".json"):
-            record = _json_object(path, number, text)
+            record = json_record(path, number, text)
             qid = _string_field(path, number, record, "id" if "id" in record else "_id")
             vector = record.get("vector")
             if not isinstance(vector, dict):

@@ -39,13 +39,14 @@ from pipeline.collection import write_atomic
 from pipeline.errors import InputError, PipelineError
 from pipeline.index import load_record
 from pipeline.trec_order import trec_eval_order
+from pipeline.readers import LUCENE_INT_MAX
 
 Hit = tuple[str, float]
 FORMATS = ("trec", "msmarco")
 EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle it
 TIE_DEPTH_LIMIT = 10_000  # at most this many hits beyond the cut-off are fetched to settle ties
 FLOAT32_EXACT = 2 ** 24  # integers up to here are exact float32 values
-JAVA_INT_MAX = 2 ** 31 - 1  # Anserini takes query weights as Java Integers
+JAVA_INT_MAX = LUCENE_INT_MAX  # Anserini takes query weights as Java Integers
 
 
 def java_hits(found) -> dict[str, list[Hit]]:
@@ -274,8 +275,23 @@ def format_run(results: dict[str, list[Hit]], fmt: str = "trec", tag: str = "spl
             if fmt == "msmarco":
                 lines.append(f"{qid}\t{docid}\t{rank}\n")
             else:
-                lines.append(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+                lines.append(f"{qid} Q0 {docid} {rank} {score_text(score)} {tag}\n")
     return "".join(lines).encode()
+
+
+def score_text(score: float) -> str:
+    """A score as the run file holds it: six decimals (as Anserini and Pyserini write them) when
+    trec_eval reads that back as the same float32, else the float32 itself in 9 significant digits.
+
+    Six decimals alone would merge scores that differ below 5e-7 (reciprocal rank fusion with a large
+    --k gives 0.000200 for 1/5001 and 1/5002): the run's own order and ranks would then disagree with
+    the order evaluate and trec_eval read back, which break the new tie by document id.
+    """
+    import numpy as np
+
+    exact = np.float32(score)
+    text = f"{score:.6f}"
+    return text if np.float32(float(text)) == exact else f"{float(exact):.9g}"
 
 
 def encode_queries(encoder, topics: dict[str, str], batch_size: int, progress: bool = True

@@ -17,7 +17,7 @@ from pipeline.devices import default_threads
 from pipeline.impacts import ANSERINI_SCALE, POOLINGS, QUANTISATIONS
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import RECORD, build_index
-from pipeline.readers import read_encoded_queries, read_topics
+from pipeline.readers import check_run_tag, read_encoded_queries, read_topics
 from pipeline.search import FORMATS, encode_queries, index_record, require_index, restrict, run_search
 
 Say = Callable[[str], Any]
@@ -151,13 +151,15 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
     it was made from the same index, queries and settings; other inputs are refused without
     ``--overwrite``, and a file splade-pipeline did not write is never replaced.
     """
-    output, index_dir = Path(output), Path(index_dir)
+    output, index_dir = outputs.resolved(output), Path(index_dir)
     if hits < 1:
         raise PipelineError(f"--hits must be at least 1, got {hits}")
     if fmt not in FORMATS:
         raise PipelineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if topics is None and encoded_queries is None:
         raise PipelineError("search needs --topics (or --encoded-queries)")
+    if fmt == "trec":
+        check_run_tag(tag)
     with outputs.locked(output, "search"):
         state, made = outputs.file_state(output, "--output")
         threads = threads or default_threads()

@@ -18,22 +18,23 @@ The output folder is a Hugging Face masked-LM checkpoint with its tokenizer, whi
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import losses, models, outputs
-from pipeline.collection import write_json
+from pipeline.collection import read_json, write_json
 from pipeline.encoder import default_threads
 from pipeline.errors import InputError, PipelineError
-from pipeline.readers import iter_lines, read_corpus, read_qrels, read_topics
+from pipeline.readers import iter_lines, json_record, read_corpus, read_qrels, read_topics
 
 CHECKPOINT = "checkpoint"
+MAX_TEACHER_SCORE = 1e18  # the square of a larger margin overflows float32 (3.4e38): the loss turns inf/NaN
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,18 @@ def read_triples(path: Path) -> list[Triple]:
     path = Path(path)
     triples = []
     for number, _, text in iter_lines(path):
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
-        if not isinstance(record, dict):
-            raise InputError(path, "expected a JSON object", number)
+        record = json_record(path, number, text)
         missing = [key for key in ("query", "positive", "negative") if not isinstance(record.get(key), str)]
         if missing:
             raise InputError(path, f"missing text field(s): {', '.join(missing)}", number)
         teacher = record.get("scores")
         if teacher is not None and (not isinstance(teacher, list) or len(teacher) != 2
-                                    or not all(isinstance(v, (int, float)) for v in teacher)):
+                                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in teacher)):
             raise InputError(path, "'scores' must be [teacher score of positive, of negative]", number)
+        if teacher is not None and not all(math.isfinite(v) and abs(v) <= MAX_TEACHER_SCORE for v in teacher):
+            raise InputError(path, f"'scores' {teacher} must be finite numbers of at most {MAX_TEACHER_SCORE:g} "
+                                   "in size (margin-MSE squares their difference in 32-bit floats)", number)
         triples.append(Triple(record["query"], record["positive"], record["negative"],
                               tuple(teacher) if teacher else None))
     if not triples:
@@ -91,8 +91,12 @@ def read_triples(path: Path) -> list[Triple]:
 
 
 def mine_triples(queries: Path, qrels: Path, corpus: Path, negatives: str = "bm25", depth: int = 30,
-                 seed: int = 13, workdir: Path | None = None, threads: int = 1) -> list[Triple]:
-    """One triple per judged (query, relevant document) pair, with a BM25-hard or random negative."""
+                 seed: int = 13, threads: int = 1) -> list[Triple]:
+    """One triple per judged (query, relevant document) pair, with a BM25-hard or random negative.
+
+    The BM25 index is a work file: it is built in a private temporary folder (``TMPDIR``) and removed
+    afterwards, never beside the output or the corpus, where it could meet (and replace) a user's files.
+    """
     topics, judged = read_topics(queries), read_qrels(qrels)
     texts = {doc.id: doc.text for _, doc in read_corpus(corpus)}
     pairs = [(qid, doc) for qid in judged if qid in topics for doc, grade in judged[qid].items()
@@ -104,11 +108,12 @@ def mine_triples(queries: Path, qrels: Path, corpus: Path, negatives: str = "bm2
     if negatives == "bm25":
         from pipeline.bm25 import bm25_search, build_bm25_index
 
-        index = Path(workdir or Path(corpus).parent) / "bm25-index"
-        build_bm25_index(corpus, index, threads)
         wanted = {qid: topics[qid] for qid, _ in pairs}
-        for qid, hits in bm25_search(index, wanted, depth, threads).items():
-            candidates[qid] = [doc for doc, _ in hits if judged[qid].get(doc, 0) <= 0]
+        with tempfile.TemporaryDirectory(prefix="splade-pipeline-mining-") as work:
+            index = Path(work) / "bm25-index"
+            build_bm25_index(corpus, index, threads)
+            for qid, hits in bm25_search(index, wanted, depth, threads).items():
+                candidates[qid] = [doc for doc, _ in hits if judged[qid].get(doc, 0) <= 0]
     elif negatives != "random":
         raise PipelineError(f"negatives must be 'bm25' or 'random', got {negatives!r}")
     ids = sorted(texts)
@@ -167,21 +172,31 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
     from pipeline import devices
 
     settings = settings or TrainSettings()
-    output = Path(output)
+    output = outputs.resolved(output)
     if settings.loss not in ("contrastive", "margin-mse") or settings.regulariser not in losses.REGULARISERS:
         raise PipelineError(f"unknown loss {settings.loss!r} or regulariser {settings.regulariser!r}")
     placement = devices.resolve(device, precision)
     ours = outputs.check_folder(output, "--output", "a trained model", TRAINING_ENTRY.fullmatch, _is_training_output)
     if overwrite and ours:  # only what train wrote: check_folder refused anything else
         outputs.remove_owned(output, TRAINING_ENTRY.fullmatch)
+    base = models.resolve(encoder)
+    digest = triples_digest(triples)
     if (output / "training.json").is_file():
+        summary = _saved(output / "training.json")
+        base_then = summary.get("base_encoder")
+        diff = outputs.differences(
+            _inputs(summary.get("settings"), base_then.get("model_fingerprint") if isinstance(base_then, dict)
+                    else None, summary.get("triples_sha256", digest)),
+            _inputs(asdict(settings), base.fingerprint, digest))
+        if diff:
+            raise PipelineError(f"{output} was trained with other settings or triples ({'; '.join(diff)}); "
+                                "use --overwrite to train again")
         say(f"{output}: already trained (training.json); use --overwrite to train again")
-        return json.loads((output / "training.json").read_text())
+        return summary
     steps = total_steps(len(triples), settings)
     dataset = as_dataset(triples, settings.loss)
-    base = models.resolve(encoder)
     checkpoint = output / CHECKPOINT
-    resume = _check_state(checkpoint, settings, base)
+    resume = _check_state(checkpoint, settings, base, digest)
 
     import torch
 
@@ -200,7 +215,8 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
     output.mkdir(parents=True, exist_ok=True)
     if resume is None:
         checkpoint.mkdir(parents=True, exist_ok=True)
-        write_json(checkpoint / "state.json", {"settings": asdict(settings), "base": base.fingerprint})
+        write_json(checkpoint / "state.json", {"settings": asdict(settings), "base": base.fingerprint,
+                                               "triples": digest})
         log.truncate(0)
     else:
         say(f"{output}: resuming from step {resume[1]} of {steps}")
@@ -212,7 +228,8 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
         return {"step": step, "total_steps": steps, "finished": False}
     modules.save_plain(model, str(output))
     summary = {"base_encoder": base.describe(), "settings": asdict(settings), "triples": len(triples),
-               "steps": step, "device": placement.describe(), "final": log.last, "finished": True}
+               "triples_sha256": digest, "steps": step, "device": placement.describe(), "final": log.last,
+               "finished": True}
     write_json(output / "training.json", summary)
     outputs.remove_owned(checkpoint, lambda name: True)
     return summary
@@ -247,16 +264,44 @@ def _trainer(model, loss, dataset, settings: TrainSettings, steps: int, save_ste
     return trainer
 
 
-def _check_state(folder: Path, settings: TrainSettings, base) -> tuple[Path, int] | None:
-    """The last checkpoint to resume from and its step, if this folder holds a run with these settings."""
+def triples_digest(triples: list[Triple]) -> str:
+    """What the training data was: a resumed or finished run is only the same run on the same triples."""
+    return outputs.value_sha256([[t.query, t.positive, t.negative, t.teacher] for t in triples])
+
+
+def _inputs(settings: Any, base: Any, triples: Any) -> dict[str, Any]:
+    """What a run was made from, flat, so that a refusal names each setting that changed (records
+    written before triples were recorded are given the current digest: not refused for what they lack)."""
+    return {**(settings if isinstance(settings, dict) else {"settings": settings}), "base encoder": base,
+            "triples": triples}
+
+
+def _saved(path: Path) -> dict[str, Any]:
+    """A record train wrote earlier (``training.json``, ``state.json``), refused by name when damaged."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise InputError(path, f"expected a JSON object, got {type(value).__name__}; use --overwrite to start "
+                               "again")
+    return value
+
+
+def _check_state(folder: Path, settings: TrainSettings, base, digest: str) -> tuple[Path, int] | None:
+    """The last checkpoint to resume from and its step, if this folder holds a run with these inputs."""
     if not (folder / "state.json").is_file():
         return None
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("settings") != asdict(settings) or state.get("base") != base.fingerprint:
-        raise PipelineError(f"{folder} holds a run with other settings; use --overwrite to start again")
+    state = _saved(folder / "state.json")
+    diff = outputs.differences(_inputs(state.get("settings"), state.get("base"), state.get("triples", digest)),
+                               _inputs(asdict(settings), base.fingerprint, digest))
+    if diff:
+        raise PipelineError(f"{folder} holds a run with other settings or triples ({'; '.join(diff)}); "
+                            "use --overwrite to start again")
     saved = sorted((int(path.name.split("-")[1]), path) for path in folder.glob("checkpoint-*")
                    if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").is_file())
     if not saved:
         return None
     step, path = saved[-1]
+    progress = _saved(path / "trainer_state.json")  # the Trainer reads it on resuming: a damaged one is named here
+    if progress.get("global_step") != step:
+        raise InputError(path / "trainer_state.json", f"records step {progress.get('global_step')!r}, not {step}: "
+                                                      "the checkpoint is damaged; use --overwrite to start again")
     return path, step

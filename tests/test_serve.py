@@ -219,14 +219,13 @@ def test_slow_clients_are_timed_out_while_others_are_served(client, service):
         conn = socket.create_connection((host, int(port)), timeout=15)
         conn.sendall(b"GET /v1/demo/search?query=slow HTTP/1.1\r\nHost: x\r\n")
         heads.append(conn)
-    for _ in range(LIMITS["max_in_flight"]):  # bodies that never finish: they hold every request slot
+    for _ in range(LIMITS["max_in_flight"]):  # bodies that never finish: as many as there are request slots
         conn = socket.create_connection((host, int(port)), timeout=15)
         conn.sendall(b"POST /v1/demo/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"queries\": ")
         bodies.append(conn)
     time.sleep(0.3)
-    busy = client.get("/health")
-    assert busy.status_code == 429 and "in flight" in busy.json()["error"]
+    assert client.get("/health").status_code == 200  # slow bodies hold no slot (issue 22)
     answers = []
     for conn in heads + bodies:
         with conn:

@@ -52,7 +52,7 @@ def test_read_triples(tmp_path):
 
 def test_mined_triples_avoid_judged_documents(tmp_path):
     triples = mine_triples(DEMO_DATA / "queries.jsonl", DEMO_DATA / "qrels" / "test.tsv", DEMO_DATA / "corpus.jsonl",
-                           negatives="bm25", workdir=tmp_path)
+                           negatives="bm25")
     assert len(triples) == 20  # one per judged relevant pair
     corpus = {json.loads(l)["_id"]: json.loads(l) for l in (DEMO_DATA / "corpus.jsonl").read_text().splitlines()}
     text = {f"{d['title']} {d['text']}": i for i, d in corpus.items()}

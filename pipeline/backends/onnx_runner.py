@@ -36,11 +36,15 @@ RECIPE = "int8-v3"  # bump when the export or quantisation recipe changes: the c
 GRAPH = "model.int8.onnx"
 
 
-def exported_graph(model: models.ModelRef, mlm, backend: str) -> Path:
-    """The cached int8 graph for ``model``, exported and quantised on first use."""
+def exported_graph(model: models.ModelRef, mlm, backend: str, fresh: bool = False) -> Path:
+    """The cached int8 graph for ``model``, exported and quantised on first use (or when ``fresh``).
+
+    The cache is used only when its ``recipe.json`` names this recipe and this checkpoint: a graph
+    copied from another model's cache (valid, but not this model's) is exported again.
+    """
     folder = models.cache_dir(model, f"onnx-{RECIPE}")
     target = folder / GRAPH
-    if target.is_file():
+    if target.is_file() and not fresh and _made_for(folder, model):
         return target
     work = folder / f".export-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -56,6 +60,16 @@ def exported_graph(model: models.ModelRef, mlm, backend: str) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _made_for(folder: Path, model: models.ModelRef) -> bool:
+    try:
+        recipe = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    made = recipe.get("model") if isinstance(recipe, dict) else None
+    return (recipe.get("recipe") == RECIPE and isinstance(made, dict)
+            and made.get("model_fingerprint") == model.fingerprint)
 
 
 def _export(mlm, path: Path) -> Path:
@@ -185,10 +199,20 @@ class OpenVinoRunner(OrtRunner):
 
 
 def load_int8(backend: str, model: models.ModelRef, mlm, threads: int):
-    """A runner for ``backend`` (``onnx`` or ``openvino``) over the cached int8 graph."""
+    """A runner for ``backend`` (``onnx`` or ``openvino``) over the cached int8 graph.
+
+    A cached graph that does not load (truncated by a full disk, emptied, overwritten) is the tool's
+    own cache: it is exported again, once; a fresh export that still fails is reported by path.
+    """
+    runner = OpenVinoRunner if backend == "openvino" else OrtRunner
     graph = exported_graph(model, mlm, backend)
-    if backend == "openvino":
-        return OpenVinoRunner(graph, threads)
-    return OrtRunner(graph, threads)
+    try:
+        return runner(graph, threads)
+    except (RuntimeError, ValueError, OSError):  # onnxruntime's and OpenVINO's errors for a damaged graph
+        graph = exported_graph(model, mlm, backend, fresh=True)
+    try:
+        return runner(graph, threads)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise PipelineError(f"{graph}: cannot load the exported graph: {exc}"[:400]) from None
 
 

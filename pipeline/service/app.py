@@ -128,6 +128,16 @@ class ErrorResponse(BaseModel):
                                                         "(also the x-request-id header)")
 
 
+def unicode_text(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8: JSON's ``\\ud800`` escapes decode to text that cannot,
+    and the response that echoes it would fail after the search had run."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def batch_request(limits: Limits) -> type[BaseModel]:
     """The POST body model, with this service's limits in its schema."""
 
@@ -140,6 +150,10 @@ def batch_request(limits: Limits) -> type[BaseModel]:
 
         @model_validator(mode="after")
         def one_of(self):
+            for name, value in (("id", self.id), ("text", self.text), *(("vector", t) for t in self.vector or {})):
+                if value is not None and not unicode_text(value):
+                    raise ValueError(f"{name} holds a lone surrogate (a \\ud800-\\udfff escape that is not half "
+                                     "of a pair): not valid Unicode text")
             if (self.text is None) == (self.vector is None):
                 raise ValueError("give exactly one of 'text' or 'vector'")
             if self.text is not None and not self.text.strip():
@@ -284,7 +298,8 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
                              body.explain, body.doc)
         return JSONResponse({"api": "v1", "index": index, **result})
 
-    @app.get("/v1/{index}/doc/{docid}", response_model=DocumentResponse, responses=errors, tags=["documents"])
+    # ``:path``: a document id may hold a slash (ids are any text without whitespace), percent-encoded or not
+    @app.get("/v1/{index}/doc/{docid:path}", response_model=DocumentResponse, responses=errors, tags=["documents"])
     def document(request: Request, index: str, docid: str) -> JSONResponse:
         """A document by id: the stored JSON (text and vector), or null when the index stores none."""
         served_index = index_named(request, index)

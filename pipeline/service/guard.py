@@ -92,16 +92,18 @@ class Guard:
         problem = undecodable(scope)
         if problem:
             return await send_error(send, 400, *problem)
+        # The body is read before a slot is taken: a client that sends slowly waits on its own deadline
+        # (body_timeout_s) without holding one of the max_in_flight slots that searches need.
+        try:
+            body = await self._body(scope, receive)
+        except Refused as refused:
+            return await send_error(send, refused.status, refused.field, refused.message,
+                                    [(b"connection", b"close")])
         if self.in_flight >= self.limits.max_in_flight:
             return await send_error(send, 429, None, f"{self.in_flight} requests in flight; retry shortly",
                                     [(b"retry-after", b"1")])
         self.in_flight += 1
         try:
-            try:
-                body = await self._body(scope, receive)
-            except Refused as refused:
-                return await send_error(send, refused.status, refused.field, refused.message,
-                                        [(b"connection", b"close")])
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.in_flight -= 1
