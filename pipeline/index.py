@@ -124,10 +124,10 @@ def locate_bad_record(source: Path) -> tuple[Path, int, str] | None:
 
 
 def _record_problem(raw: bytes) -> str | None:
-    return _parse_record(raw)[1]
+    return parse_record(raw)[1]
 
 
-def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
+def parse_record(raw: bytes) -> tuple[dict | None, str | None]:
     """A JsonVectorCollection line as a record, or what is wrong with it."""
     try:
         record = json.loads(raw)
@@ -166,7 +166,7 @@ def count_records(folder: Path) -> tuple[int, int]:
                 for number, raw in enumerate(handle, start=1):
                     if not raw.strip():
                         continue
-                    record, problem = _parse_record(raw)
+                    record, problem = parse_record(raw)
                     if problem:
                         raise InputError(path, problem, number)
                     total += 1
@@ -193,8 +193,11 @@ def load_record(index: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+COMPANION = "two-step"  # the two-step companion's subfolder of an index (pipeline.first_stage)
+PRUNING = "pruning"  # the record key that marks a pruned (first-stage) index
 INDEX_ENTRY = re.compile(r"segments(?:_\w+|\.gen)|pending_segments_\w+|write\.lock|_[^/]+"
-                         r"|splade-pipeline\.json|\.splade-pipeline\.json\.\d+\.tmp")
+                         r"|splade-pipeline\.json|\.splade-pipeline\.json\.\d+\.tmp"
+                         rf"|{COMPANION}/(?:.+)?")
 
 
 def is_index_entry(name: str) -> bool:
