@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=integer(1), default=1,
                    help="Lucene threads for a batch of queries, per worker (default 1); queries are encoded on "
                         "one torch thread, as the search stage encodes them")
+    p.add_argument("--two-step", action="store_true",
+                   help="search every index through its two-step companion (index --prune-docs), with search "
+                        "--two-step's default settings; hits keep their exact scores")
     _common(p)
     return parser
 
@@ -344,7 +347,8 @@ def _run(args: argparse.Namespace) -> int:
         from pipeline.service import serve
         from pipeline.service.backend import index_names
 
-        serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose)
+        serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose,
+              two_step=args.two_step)
     return 0
 
 

@@ -212,3 +212,26 @@ def test_forward_store_dot_products_match_brute_force(tmp_path):
     for term, term_id in store.term_ids.items():
         pruned = [w for _, v in kept for t, w in top_terms(v, None)[5:] if t == term]
         assert maxima[term_id] == max(pruned, default=0)
+
+
+def test_service_searches_two_step_when_asked(built, queries, tmp_path):
+    from pipeline.service.backend import check_indexes, close_indexes, open_indexes
+
+    served = open_indexes({"demo": built[1]}, threads=1, two_step=True)
+    try:
+        index = served["demo"]
+        assert index.describe()["two_step"]["pruning"]["postings_per_doc"] == 16
+        found = index.search(queries, 10)
+    finally:
+        close_indexes(served)
+    searcher = TwoStepSearcher(built[1])
+    try:
+        assert found == searcher.search(queries, 10)[0]
+    finally:
+        searcher.close()
+    plain = tmp_path / "plain"
+    shutil.copytree(built[1], plain, ignore=shutil.ignore_patterns("two-step"))
+    with pytest.raises(InputError, match="no two-step companion"):
+        check_indexes({"plain": plain}, two_step=True)
+    with pytest.raises(ConsistencyError, match="pruned first-stage index"):
+        check_indexes({"first": companion_folder(built[1]) / "first-stage"})

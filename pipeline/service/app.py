@@ -155,8 +155,9 @@ def batch_request(limits: Limits) -> type[BaseModel]:
 # ---- the application -------------------------------------------------------------------------------
 
 def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Limits = Limits(),
-               served: dict[str, ServedIndex] | None = None) -> FastAPI:
-    """The service over ``indexes`` (``{name: path}``), opened when the server starts.
+               served: dict[str, ServedIndex] | None = None, two_step: bool = False) -> FastAPI:
+    """The service over ``indexes`` (``{name: path}``), opened when the server starts; ``two_step``
+    searches each through its two-step companion (default settings, ``pipeline.two_step``).
 
     ``served`` hands in indexes already open (then they are not closed at shutdown either).
     """
@@ -164,7 +165,7 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         own = served is None
-        app.state.indexes = open_indexes(indexes, threads) if own else served
+        app.state.indexes = open_indexes(indexes, threads, two_step) if own else served
         try:
             yield
         finally:

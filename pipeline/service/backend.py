@@ -30,7 +30,9 @@ from pipeline import blas, jvm, stages
 from pipeline.encoder import SpladeEncoder
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights, token_spans
-from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_index
+from pipeline.first_stage import open_companion
+from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_full_index
+from pipeline.two_step import TwoStepOptions, TwoStepSearcher
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SETTINGS = ("pooling", "scale", "max_length", "postings", "counters")
@@ -109,6 +111,7 @@ class ServedIndex:
     scale: float
     stores_text: bool
     threads: int = 1
+    two_step: TwoStepSearcher | None = None  # serve --two-step: pruned first stage, exact rescoring
     documents: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,13 +123,19 @@ class ServedIndex:
         return {"name": self.name, "documents": self.documents, "stores_text": self.stores_text,
                 "encoder": {key: encoder[key] for key in ("name", "fingerprint", "backend", "precision")
                             if key in encoder} or None,
-                **{key: self.record[key] for key in SETTINGS if key in self.record}}
+                **{key: self.record[key] for key in SETTINGS if key in self.record},
+                "two_step": None if self.two_step is None else
+                {"pruning": self.two_step.companion.record["pruning"], "query_terms": TwoStepOptions().query_terms,
+                 "candidates": f"the larger of hits and {TwoStepOptions().depth(1)}"}}
 
     def encode(self, texts: Sequence[str]) -> list[dict[str, int]]:
         return self.encoder.encode(texts, self.scale)
 
     def search(self, queries: dict[str, dict[str, int]], hits: int) -> dict[str, list[Hit]]:
-        """Hits per query: one query on the request's thread, a batch over ``threads`` threads."""
+        """Hits per query: one query on the request's thread, a batch over ``threads`` threads; two-step
+        with its default settings when the service was started with ``--two-step``."""
+        if self.two_step is not None:
+            return self.two_step.search(queries, hits, threads=self.threads)[0]
         return self.searcher.search(queries, hits, threads=self.threads)[0]
 
     def stored(self, docid: str) -> dict[str, Any] | None:
@@ -166,6 +175,8 @@ class ServedIndex:
 
     def close(self) -> None:
         self.searcher.close()
+        if self.two_step is not None:
+            self.two_step.close()
 
 
 def index_names(paths: Sequence[str]) -> dict[str, Path]:
@@ -186,15 +197,20 @@ def index_names(paths: Sequence[str]) -> dict[str, Path]:
     return named
 
 
-def check_indexes(indexes: dict[str, Path]) -> None:
-    """Fail before anything loads when a path is not a Lucene index."""
+def check_indexes(indexes: dict[str, Path], two_step: bool = False) -> None:
+    """Fail before anything loads when a path is not a (full) Lucene index, or, for ``two_step``,
+    has no two-step companion."""
     for path in indexes.values():
-        require_index(path)
+        require_full_index(path)
+        if two_step:
+            open_companion(path)
 
 
-def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[str, ServedIndex]:
-    """Start the JVM, open each index and load each distinct query encoder once."""
-    check_indexes(indexes)
+def open_indexes(indexes: dict[str, Path], threads: int | None = None, two_step: bool = False
+                 ) -> dict[str, ServedIndex]:
+    """Start the JVM, open each index (and its two-step companion, for ``two_step``) and load each
+    distinct query encoder once."""
+    check_indexes(indexes, two_step)
     limit_malloc_arenas()
     blas.set_threads(1)  # queries project on one BLAS thread (encode_queries); set once, not per request
     jvm.start(options=JAVA_OPTIONS)
@@ -215,7 +231,7 @@ def open_indexes(indexes: dict[str, Path], threads: int | None = None) -> dict[s
             searcher = WarmSearcher(path)
             stores_text = searcher.documents > 0 and searcher._searcher.doc_raw(0) is not None
             served[name] = ServedIndex(name, searcher, encoders[key], record, record.get("scale", 100),
-                                       stores_text, threads or 1)
+                                       stores_text, threads or 1, TwoStepSearcher(path) if two_step else None)
     except BaseException:
         close_indexes(served)
         raise

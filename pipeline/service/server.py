@@ -32,18 +32,20 @@ def uvicorn_options(limits: Limits, verbose: bool = False) -> dict:
 
 
 def serve(indexes: dict[str, Path], host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-          threads: int | None = None, limits: Limits = Limits(), verbose: bool = False) -> None:
+          threads: int | None = None, limits: Limits = Limits(), verbose: bool = False, two_step: bool = False
+          ) -> None:
     """Serve until interrupted. Paths are checked before anything loads."""
     import uvicorn
 
-    check_indexes(indexes)
+    check_indexes(indexes, two_step)
     print(f"serving {', '.join(indexes)} on http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})",
           flush=True)
     if workers <= 1:
-        uvicorn.run(create_app(indexes, threads, limits), host=host, port=port, **uvicorn_options(limits, verbose))
+        uvicorn.run(create_app(indexes, threads, limits, two_step=two_step), host=host, port=port, **uvicorn_options(limits, verbose))
         return
     os.environ[SETTINGS_VARIABLE] = json.dumps({"indexes": {name: str(path) for name, path in indexes.items()},
-                                                "threads": threads, "limits": dataclasses.asdict(limits)})
+                                                "threads": threads, "limits": dataclasses.asdict(limits),
+                                                "two_step": two_step})
     uvicorn.run("pipeline.service.server:worker_app", factory=True, workers=workers, host=host, port=port,
                 **uvicorn_options(limits, verbose))
 
@@ -52,4 +54,4 @@ def worker_app():
     """The application of one worker process (uvicorn factory), from the parent's settings."""
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     return create_app({name: Path(path) for name, path in settings["indexes"].items()}, settings["threads"],
-                      Limits(**settings["limits"]))
+                      Limits(**settings["limits"]), two_step=settings.get("two_step", False))
