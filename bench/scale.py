@@ -912,8 +912,52 @@ def main() -> int:
                   "Peak RSS: peak_rss_mb is ru_maxrss of the stage's largest process (wait4); peak_tree_rss_mb "
                   "sums the stage's process tree (psutil, sampled every 0.2 s)."],
     }
+    if "two-step" in args.engines:
+        plot = (Path(args.results) if smoke else common.ROOT / "docs") / "two_step_tradeoff.png"
+        result["two_step_plot"] = str(plot) if plot_two_step({**{str(n): e for n, e in per_size.items()},
+                                                              "real": real_vectors}, plot) else None
     common.write_result("scale", result, args, threads=args.threads)
     return 0
+
+
+def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Latency p50 against recall@k for every two-step setting measured, one panel per k, one series
+    per collection, exhaustive Lucene (recall 1) and Seismic marked where measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = {label: e["two_step"]["result"]["settings"] for label, e in entries.items()
+                if "settings" in e.get("two_step", {}).get("result", {})}
+    if not measured:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, k in zip(axes, (10, 1000)):
+        for number, (label, rows) in enumerate(measured.items()):
+            color = f"C{number}"
+            rows = [r for r in rows if r["k"] == k]
+            axis.scatter([r[f"recall@{k}"] for r in rows], [r["latency_1_thread"]["p50_ms"] for r in rows],
+                         color=color, label=f"two-step, {label}", s=18)
+            for r in rows:
+                axis.annotate(f"{r['query_terms'] or 'all'}/{r['candidates']}",
+                              (r[f"recall@{k}"], r["latency_1_thread"]["p50_ms"]), fontsize=6, xytext=(2, 2),
+                              textcoords="offset points")
+            lucene = entries[label].get("lucene", {}).get("result", {}).get(f"k={k}")
+            if lucene:
+                axis.scatter([1.0], [lucene["latency_1_thread"]["p50_ms"]], color=color, marker="x", s=40,
+                             label=f"exhaustive Lucene, {label}")
+            seismic = entries[label].get("seismic", {}).get("result", {}).get(f"k={k}")
+            if k == 10 and seismic:
+                axis.scatter([seismic[0]["recall@10"]], [seismic[0]["latency_1_thread"]["p50_ms"]], color=color,
+                             marker="^", s=40, label=f"Seismic, {label}")
+        axis.set_title(f"k={k} (labels: query terms / candidates)")
+        axis.set_xlabel(f"recall@{k} against the exhaustive top {k}")
+        axis.set_ylabel("latency p50, ms (one query, one thread)")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return True
 
 
 def two_step_settings(args, smoke: bool) -> list[list]:
