@@ -913,7 +913,7 @@ def main() -> int:
                   "sums the stage's process tree (psutil, sampled every 0.2 s)."],
     }
     if "two-step" in args.engines:
-        plot = (Path(args.results) if smoke else common.ROOT / "docs") / "two_step_tradeoff.png"
+        plot = Path(args.results) / "two_step_tradeoff.smoke.png" if smoke else common.ROOT / "docs" / "two_step_tradeoff.png"
         result["two_step_plot"] = str(plot) if plot_two_step({**{str(n): e for n, e in per_size.items()},
                                                               "real": real_vectors}, plot) else None
     common.write_result("scale", result, args, threads=args.threads)
