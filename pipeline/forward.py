@@ -25,7 +25,6 @@ its bounds are read off the store without sorting again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -249,6 +248,3 @@ class ForwardStore:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
         return {self.words[int(t)]: int(i) for t, i in zip(self.terms[start:end], self.impacts[start:end])}
 
-
-def sha256_of(values: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
