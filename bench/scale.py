@@ -742,8 +742,9 @@ def main() -> int:
     parser.add_argument("--engines", nargs="*", default=["seismic", "bmp", "two-step"],
                         help="what runs beside exhaustive Lucene: seismic, bmp, two-step (the project's pruned "
                              "first stage + exact rescoring, at every searched size and on the real vectors)")
-    parser.add_argument("--prune-docs", type=int, default=None,
-                        help="two-step: postings kept per document in the first stage (default: the index stage's)")
+    parser.add_argument("--prune-docs", type=int, nargs="+", default=None,
+                        help="two-step: postings kept per document in the first stage, one companion after "
+                             "another (default: the index stage's default)")
     parser.add_argument("--two-step-settings", nargs="+", default=None, metavar="Q:K:CANDIDATES",
                         help="two-step settings measured, e.g. 10:10:100 (query terms, k, candidates; Q 0 = all); "
                              "default: Q 5, 10, 20 with k=10 at 50/100/200 candidates and k=1000 at 1000/2000")
@@ -927,17 +928,18 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = {label: e["two_step"]["result"]["settings"] for label, e in entries.items()
-                if "settings" in e.get("two_step", {}).get("result", {})}
+    measured = {(f"{label}, N={e['companion' + key[8:]]['result'].get('prune_docs')}", label): value["result"]["settings"]
+                for label, e in entries.items() for key, value in e.items()
+                if key.startswith("two_step") and "settings" in value.get("result", {})}
     if not measured:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, k in zip(axes, (10, 1000)):
-        for number, (label, rows) in enumerate(measured.items()):
+        for number, ((series, label), rows) in enumerate(measured.items()):
             color = f"C{number}"
             rows = [r for r in rows if r["k"] == k]
             axis.scatter([r[f"recall@{k}"] for r in rows], [r["latency_1_thread"]["p50_ms"] for r in rows],
-                         color=color, label=f"two-step, {label}", s=18)
+                         color=color, label=f"two-step, {series}", s=18)
             for r in rows:
                 axis.annotate(f"{r['query_terms'] or 'all'}/{r['candidates']}",
                               (r[f"recall@{k}"], r["latency_1_thread"]["p50_ms"]), fontsize=6, xytext=(2, 2),
@@ -976,34 +978,44 @@ def two_step_settings(args, smoke: bool) -> list[list]:
 
 def two_step_stages(work: Path, label: str, collection: Path, index: Path, queries: Path, args,
                     smoke: bool) -> dict[str, Any]:
-    """Build the companion of one index and measure two-step search on it; the default settings'
-    rows are named ``default_k=10`` and ``default_k=1000`` for the growth table."""
-    from pipeline.first_stage import DEFAULT_PRUNE_DOCS
+    """Build the companion of one index for each ``--prune-docs`` value in turn and measure two-step
+    search on it. The default pruning's entries are ``companion`` and ``two_step`` (its default
+    settings' rows named ``default_k=10`` / ``default_k=1000`` for the growth table); others are
+    ``companion@N`` and ``two_step@N``."""
+    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record
     from pipeline.outputs import file_sha256
     from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
 
     record = index / "splade-pipeline.json"
     if not record.is_file():  # --cached-only without the index
         return {}
-    prune_docs = args.prune_docs or DEFAULT_PRUNE_DOCS
-    entry = {"companion": run_stage(work, "companion", f"companion-{label}-{prune_docs}",
-                                    {"collection": str(collection), "index": str(index), "prune_docs": prune_docs,
-                                     "threads": args.threads, "index_record": file_sha256(record)},
-                                    args.lock, timed=True)}
-    companion = index / "two-step" / "two-step.json"
+    grid = args.prune_docs or [DEFAULT_PRUNE_DOCS]
+    main_prune = DEFAULT_PRUNE_DOCS if DEFAULT_PRUNE_DOCS in grid else grid[0]
     settings = two_step_settings(args, smoke)
     defaults = {k: [DEFAULT_QUERY_TERMS, k, TwoStepOptions().depth(k)] for k in (10, 1000)}
     settings += [s for s in defaults.values() if s not in settings]
-    entry["two_step"] = run_stage(work, "two_step", f"two-step-{label}-{prune_docs}-{args.dev_queries}",
-                                  {"index": str(index), "queries": str(queries), "settings": settings,
-                                   "threads": sorted({1, args.threads}), "warmup": 5 if smoke else 100,
-                                   "companion_record": file_sha256(companion) if companion.is_file() else None},
-                                  args.lock, timed=True)
-    result = entry["two_step"]["result"]
-    for k, wanted in defaults.items():
-        for row in result.get("settings", []):
-            if [row["query_terms"], row["k"], row["candidates"]] == wanted:
-                result[f"default_k={k}"] = row
+    entry: dict[str, Any] = {}
+    for prune_docs in grid:
+        suffix = "" if prune_docs == main_prune else f"@{prune_docs}"
+        built = companion_record(index)
+        cached_build = work / "stages" / f"companion-{label}-{prune_docs}.json"
+        if built is None or built["pruning"]["postings_per_doc"] != prune_docs:
+            cached_build.unlink(missing_ok=True)  # another pruning is on disk now: build this one again
+        entry["companion" + suffix] = run_stage(
+            work, "companion", f"companion-{label}-{prune_docs}",
+            {"collection": str(collection), "index": str(index), "prune_docs": prune_docs, "threads": args.threads,
+             "index_record": file_sha256(record)}, args.lock, timed=True)
+        companion = index / "two-step" / "two-step.json"
+        entry["two_step" + suffix] = run_stage(
+            work, "two_step", f"two-step-{label}-{prune_docs}-{args.dev_queries}",
+            {"index": str(index), "queries": str(queries), "settings": settings,
+             "threads": sorted({1, args.threads}), "warmup": 5 if smoke else 100,
+             "companion_record": file_sha256(companion) if companion.is_file() else None}, args.lock, timed=True)
+        result = entry["two_step" + suffix]["result"]
+        for k, wanted in defaults.items():
+            for row in result.get("settings", []):
+                if [row["query_terms"], row["k"], row["candidates"]] == wanted:
+                    result[f"default_k={k}"] = row
     return entry
 
 
