@@ -167,7 +167,12 @@ def main() -> int:
     parser.add_argument("--query-terms", type=int, nargs="+", default=None, help="0 means all terms")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes here (default: temporary)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="only merge earlier result files (sets run one by one) into one two_step.json; "
+                             "each part keeps its own command and machine record")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args)
     names = args.datasets or (["demo"] if args.smoke else
                               [n for n in SETS if n != "demo" and SETS[n][0].is_file()])
     prune_grid = tuple(args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS))
@@ -183,6 +188,23 @@ def main() -> int:
     common.write_result("two_step", {"results": results, "prune_docs": list(prune_grid),
                                      "query_terms": list(query_grid), "depths": [list(d) for d in depths],
                                      "note": "quality only; no timings (bench/scale.py)"}, args, args.threads)
+    return 0
+
+
+def merge(paths: list[Path], args) -> int:
+    """One result file from several runs of this script (same grid), each part's record kept."""
+    import json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    grids = {json.dumps([p["prune_docs"], p["query_terms"], p["depths"]]) for p in parts}
+    if len(grids) != 1:
+        raise SystemExit("--merge: the parts were run with different grids")
+    results = {name: result for part in parts for name, result in part["results"].items()}
+    runs = [{"sets": list(part["results"]), "command": part["command"], "machine": part["machine"]}
+            for part in parts]
+    common.write_result("two_step", {"results": results, "prune_docs": parts[0]["prune_docs"],
+                                     "query_terms": parts[0]["query_terms"], "depths": parts[0]["depths"],
+                                     "parts": runs, "note": parts[0]["note"]}, args)
     return 0
 
 
