@@ -192,19 +192,16 @@ def main() -> int:
 
 
 def merge(paths: list[Path], args) -> int:
-    """One result file from several runs of this script (same grid), each part's record kept."""
+    """One result file from several runs of this script, each part's grid, command and machine kept
+    (every row names its own setting)."""
     import json
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    grids = {json.dumps([p["prune_docs"], p["query_terms"], p["depths"]]) for p in parts}
-    if len(grids) != 1:
-        raise SystemExit("--merge: the parts were run with different grids")
     results = {name: result for part in parts for name, result in part["results"].items()}
-    runs = [{"sets": list(part["results"]), "command": part["command"], "machine": part["machine"]}
+    runs = [{"sets": list(part["results"]), "command": part["command"], "machine": part["machine"],
+             "prune_docs": part["prune_docs"], "query_terms": part["query_terms"], "depths": part["depths"]}
             for part in parts]
-    common.write_result("two_step", {"results": results, "prune_docs": parts[0]["prune_docs"],
-                                     "query_terms": parts[0]["query_terms"], "depths": parts[0]["depths"],
-                                     "parts": runs, "note": parts[0]["note"]}, args)
+    common.write_result("two_step", {"results": results, "parts": runs, "note": parts[0]["note"]}, args)
     return 0
 
 
