@@ -19,7 +19,7 @@ from pipeline.readers import read_encoded_queries, read_topics
 from pipeline.first_stage import build_companion, check_prune_docs, open_companion
 from pipeline.search import (FORMATS, check_settings, encode_queries, index_record, require_full_index, restrict,
                              run_search)
-from pipeline.two_step import TwoStepOptions, run_two_step
+from pipeline.two_step import TwoStepOptions, run_two_step, side_file
 
 Say = Callable[[str], Any]
 
@@ -201,6 +201,7 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
         with outputs.claimed(output, "run", inputs):
             if two_step is None:
                 counters = run_search(index_dir, queries, output, hits, threads, remove_query, fmt, tag)
+                side_file(output).unlink(missing_ok=True)  # an earlier two-step run's record of this file
             else:
                 counters = run_two_step(index_dir, queries, output, hits, threads, remove_query, fmt, tag, two_step)
     say(f"{output}: {counters['queries']:,} queries searched, {counters['hits']:,} hits; "

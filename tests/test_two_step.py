@@ -235,3 +235,11 @@ def test_service_searches_two_step_when_asked(built, queries, tmp_path):
         check_indexes({"plain": plain}, two_step=True)
     with pytest.raises(ConsistencyError, match="pruned first-stage index"):
         check_indexes({"first": companion_folder(built[1]) / "first-stage"})
+
+
+def test_exhaustive_rerun_removes_the_two_step_side_file(built, tmp_path):
+    run = tmp_path / "run.txt"
+    stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, two_step=TwoStepOptions(), **QUIET)
+    assert side_file(run).is_file()
+    stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, overwrite=True, **QUIET)
+    assert not side_file(run).exists()
