@@ -94,9 +94,9 @@ def _two_step_options(parser: argparse.ArgumentParser, build: bool = False) -> N
                                                    " (needs index --prune-docs)"))
     parser.add_argument("--candidates", type=COUNT, default=None, metavar="K",
                         help="two-step: first-stage candidates rescored per query (default: the larger of "
-                             "--hits and 100)")
+                             "2 x --hits and 100)")
     parser.add_argument("--query-terms", type=integer(0), default=None, metavar="N",
-                        help="two-step: the query's N largest weights search the first stage (default 10; "
+                        help="two-step: the query's N largest weights search the first stage (default 20; "
                              "0: all)")
     if build:
         parser.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
