@@ -100,7 +100,7 @@ def _two_step_options(parser: argparse.ArgumentParser, build: bool = False) -> N
                              "0: all)")
     if build:
         parser.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
-                            help="two-step: postings kept per document in the first stage (default 64)")
+                            help="two-step: postings kept per document in the first stage (default 128)")
 
 
 def two_step_choice(args: argparse.Namespace):

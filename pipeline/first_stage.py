@@ -44,7 +44,7 @@ FIRST_STAGE = "first-stage"
 FORWARD = "forward"
 MAX_PRUNED = "max-pruned.bin"
 PRUNED_COLLECTION = "pruned-collection"
-DEFAULT_PRUNE_DOCS = 64  # postings kept per document; chosen from bench/results/two_step.json
+DEFAULT_PRUNE_DOCS = 128  # postings kept per document; chosen from bench/results/two_step.json (two_step.py)
 
 
 @dataclass(frozen=True)

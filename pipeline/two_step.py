@@ -33,8 +33,10 @@ from pipeline.search import FLOAT32_EXACT, Hit, ImpactSearcher, self_hit_queries
 from pipeline.collection import write_json
 
 # Defaults chosen from bench/results/two_step.json (splade-tiny; quality only, latency is bench/scale.py's):
-# with 64 postings per document, 20 query terms and k' = max(2 x hits, 100), nDCG@10 stays within
-# 0.002 of exhaustive search on Cranfield, CACM and the TREC DL pools; 10 query terms did not on CACM.
+# with 128 postings per document (first_stage.DEFAULT_PRUNE_DOCS), 20 query terms and
+# k' = max(2 x hits, 100), nDCG@10 stays within 0.002 of exhaustive search on SciFact, CACM, Cranfield
+# and the TREC DL pools. 64 postings hold it on the DL pools (MS MARCO passages, 131 postings each)
+# but not on SciFact (283 each); 10 query terms did not hold it on CACM or SciFact.
 DEFAULT_QUERY_TERMS = 20
 DEFAULT_MIN_CANDIDATES = 100  # k' is at least this, and at least the hits asked for
 DEFAULT_CANDIDATE_FACTOR = 2  # k' = max(factor x hits, minimum)
