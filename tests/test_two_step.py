@@ -243,3 +243,18 @@ def test_exhaustive_rerun_removes_the_two_step_side_file(built, tmp_path):
     assert side_file(run).is_file()
     stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, overwrite=True, **QUIET)
     assert not side_file(run).exists()
+
+
+@pytest.mark.slow  # a whole run: encode, index, companion, search, evaluate
+def test_run_two_step_names_its_run_and_records_its_settings(tmp_path):
+    from pipeline.experiment import run_dataset
+
+    result = run_dataset(DEMO_DATA, name="demo", root=tmp_path, hits=20, progress=False, say=lambda text: None,
+                         two_step=TwoStepOptions(candidates=40, query_terms=None), prune_docs=24)
+    assert result["run"].endswith("run.demo.splade-tiny-two-step.test.txt")
+    assert result["two_step"]["prune_docs"] == 24
+    assert result["two_step"]["two_step"] == {"candidates": 40, "query_terms": None}
+    record = json.loads((tmp_path / "indexes" / "demo.splade-tiny" / "two-step" / "two-step.json").read_text())
+    assert record["pruning"]["postings_per_doc"] == 24
+    with pytest.raises(PipelineError, match="--prune-docs needs --two-step"):
+        run_dataset(DEMO_DATA, name="demo", root=tmp_path, prune_docs=24, progress=False, say=lambda text: None)
