@@ -379,9 +379,84 @@ def stage_bmp(files: list[str], index: str, queries: str, exact: str, max_impact
     return out
 
 
+def stage_companion(collection: str, index: str, prune_docs: int, threads: int, index_record: str) -> dict[str, Any]:
+    """The index stage's two-step companion (pruned first-stage index + forward store) beside a built
+    index; ``index_record`` (the full index's record checksum) only keys the cache."""
+    from pipeline.first_stage import build_companion, companion_bytes
+
+    start = time.perf_counter()
+    record, _ = build_companion(Path(collection), Path(index), prune_docs, threads, overwrite=True)
+    sizes = companion_bytes(Path(index))
+    return {"seconds": round(time.perf_counter() - start, 2), "threads": threads, "prune_docs": prune_docs,
+            "build_seconds": record["build_seconds"], "postings": record["postings"],
+            "first_stage_mb": round(sizes["first_stage_bytes"] / 2**20, 1),
+            "forward_store_mb": round(sizes["forward_bytes"] / 2**20, 1),
+            "companion_mb": round(sum(sizes.values()) / 2**20, 1)}
+
+
+def overlap_at(found: dict[str, list], exact: dict[str, list], k: int) -> dict[str, float]:
+    """Recall@k against the exhaustive top k: id overlap, and tie-aware (a hit scoring at least the
+    exhaustive k-th score counts: two-step scores are the same exact integers)."""
+    plain, tie_aware = [], []
+    for qid, top in exact.items():
+        if not top:
+            continue
+        ids = {docid for docid, _ in top[:k]}
+        kth = top[min(k, len(top)) - 1][1]
+        hits = found.get(qid, [])[:k]
+        plain.append(len(ids & {docid for docid, _ in hits}) / len(ids))
+        tie_aware.append(min(len(ids), sum(1 for _, score in hits if score >= kth)) / len(ids))
+    return {f"recall@{k}": round(float(np.mean(plain)), 4) if plain else float("nan"),
+            f"recall@{k}_ties": round(float(np.mean(tie_aware)), 4) if tie_aware else float("nan")}
+
+
+def stage_two_step(index: str, queries: str, settings: list[list], threads: list[int], warmup: int,
+                   companion_record: str) -> dict[str, Any]:
+    """Two-step search (pipeline.two_step.TwoStepSearcher) per setting [query terms, k, candidates]:
+    latency one query at a time, QPS with 1 and 2 threads, recall@k against the exhaustive top k of
+    the full index (computed first, untimed), candidates rescored and queries the bound flags."""
+    from pipeline.search import ImpactSearcher
+    from pipeline.two_step import TwoStepOptions, TwoStepSearcher
+
+    qs = read_queries(Path(queries))
+    ks = sorted({int(k) for _, k, _ in settings})
+    full = ImpactSearcher(Path(index))
+    try:
+        exact = {k: full.search(qs, k, threads=max(threads))[0] for k in ks}
+    finally:
+        full.close()
+    searcher = TwoStepSearcher(Path(index))
+    out: dict[str, Any] = {"documents": searcher.documents, "queries": len(qs), "settings": []}
+    try:
+        warm = dict(list(qs.items())[:warmup])
+        for query_terms, k, candidates in settings:
+            options = TwoStepOptions(int(candidates), None if query_terms is None else int(query_terms))
+            searcher.search(warm, k, threads=max(threads), options=options)
+            times, found, missable, counts = [], {}, 0, []
+            for qid, vector in qs.items():
+                start = time.perf_counter()
+                ranked, _, per_query = searcher.search({qid: vector}, k, options=options)
+                times.append(time.perf_counter() - start)
+                found[qid] = ranked[qid]
+                missable += per_query[qid]["could_miss"]
+                counts.append(per_query[qid]["candidates"])
+            row: dict[str, Any] = {"query_terms": query_terms, "k": k, "candidates": candidates,
+                                   "latency_1_thread": latency(times), **overlap_at(found, exact[k], k),
+                                   "candidates_mean": round(float(np.mean(counts)), 1),
+                                   "could_miss_share": round(missable / max(len(qs), 1), 4)}
+            for t in threads:
+                start = time.perf_counter()
+                searcher.search(qs, k, threads=t, options=options)
+                row[f"qps_{t}_threads"] = round(len(qs) / (time.perf_counter() - start), 1)
+            out["settings"].append(row)
+    finally:
+        searcher.close()
+    return out
+
+
 STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile, "generate": stage_generate, "verify": stage_verify,
           "index": stage_index, "queries": stage_queries, "lucene": stage_lucene, "seismic": stage_seismic,
-          "bmp": stage_bmp}
+          "bmp": stage_bmp, "companion": stage_companion, "two_step": stage_two_step}
 
 
 # -- running a stage in its own process and measuring it ------------------------------------------
@@ -540,6 +615,18 @@ def figure_rows(per_size: dict[int, dict[str, Any]]) -> list[tuple[str, dict[int
         ("BMP stage peak RSS, MB", ("bmp", "peak_tree_rss_mb")),
         ("BMP k=10 latency p50, ms (exact mode)", ("bmp", "result", "k=10", "0", "latency_1_thread", "p50_ms")),
         ("BMP recall@10 (exact mode)", ("bmp", "result", "k=10", "0", "recall@10")),
+        ("two-step companion build, s (first-stage index + forward store)", ("companion", "result", "seconds")),
+        ("two-step first-stage index + forward store, MB", ("companion", "result", "companion_mb")),
+        ("two-step k=10 latency p50, ms", ("two_step", "result", "default_k=10", "latency_1_thread", "p50_ms")),
+        ("two-step k=10 latency p99, ms", ("two_step", "result", "default_k=10", "latency_1_thread", "p99_ms")),
+        ("two-step k=10 QPS, 1 thread", ("two_step", "result", "default_k=10", "qps_1_threads")),
+        ("two-step k=10 QPS, 2 threads", ("two_step", "result", "default_k=10", "qps_2_threads")),
+        ("two-step recall@10", ("two_step", "result", "default_k=10", "recall@10")),
+        ("two-step k=1000 latency p50, ms", ("two_step", "result", "default_k=1000", "latency_1_thread", "p50_ms")),
+        ("two-step k=1000 latency p99, ms", ("two_step", "result", "default_k=1000", "latency_1_thread", "p99_ms")),
+        ("two-step k=1000 QPS, 1 thread", ("two_step", "result", "default_k=1000", "qps_1_threads")),
+        ("two-step k=1000 QPS, 2 threads", ("two_step", "result", "default_k=1000", "qps_2_threads")),
+        ("two-step recall@1000", ("two_step", "result", "default_k=1000", "recall@1000")),
     ]
     out = []
     for label, path in rows:
@@ -653,7 +740,15 @@ def main() -> int:
                         help="documents per generated file (default 100,000; smoke 1,000)")
     parser.add_argument("--index-only", type=int, nargs="*", default=[],
                         help="sizes at which only the index is built and measured (no search)")
-    parser.add_argument("--engines", nargs="*", default=["seismic", "bmp"], help="peers to run beside Lucene")
+    parser.add_argument("--engines", nargs="*", default=["seismic", "bmp", "two-step"],
+                        help="what runs beside exhaustive Lucene: seismic, bmp, two-step (the project's pruned "
+                             "first stage + exact rescoring, at every searched size and on the real vectors)")
+    parser.add_argument("--prune-docs", type=int, nargs="+", default=None,
+                        help="two-step: postings kept per document in the first stage, one companion after "
+                             "another (default: the index stage's default)")
+    parser.add_argument("--two-step-settings", nargs="+", default=None, metavar="Q:K:CANDIDATES",
+                        help="two-step settings measured, e.g. 10:10:100 (query terms, k, candidates; Q 0 = all); "
+                             "default: Q 5, 10, 20 with k=10 at 50/100/200 candidates and k=1000 at 1000/2000")
     parser.add_argument("--engine-sizes", type=int, nargs="*", default=None,
                         help="sizes at which the peers run (default: all)")
     parser.add_argument("--verify-documents", type=int, default=None,
@@ -770,7 +865,23 @@ def main() -> int:
                                       "queries": str(queries), "exact": str(exact),
                                       "max_impact": stages["profile"]["result"]["max_impact"]},
                                      args.lock, timed=True)
+        if "two-step" in args.engines:
+            entry.update(two_step_stages(work, str(n), work / "collections" / str(n), work / "indexes" / str(n),
+                                         queries, args, smoke))
         per_size[n] = entry
+
+    real_vectors: dict[str, Any] = {}
+    if "two-step" in args.engines:  # the same measurements on the 30,005 real passages (co-occurring terms)
+        real_index = work / "indexes" / "real"
+        real_vectors["index"] = run_stage(work, "index", "index-real", {"collection": str(real),
+                                                                        "index": str(real_index),
+                                                                        "threads": args.threads}, args.lock, timed=True)
+        real_vectors["lucene"] = run_stage(work, "lucene", f"lucene-real-{args.dev_queries}",
+                                           {"index": str(real_index), "queries": str(queries), "ks": [10, 1000],
+                                            "threads": sorted({1, args.threads}),
+                                            "exact": str(work / "exact" / f"real-{args.dev_queries}.json"),
+                                            "warmup": 5 if smoke else 100}, args.lock, timed=True)
+        real_vectors.update(two_step_stages(work, "real", real, real_index, queries, args, smoke))
 
     rows, table = growth_table(per_size)
     print(table, file=sys.stderr)
@@ -783,6 +894,7 @@ def main() -> int:
         "by_size": {str(n): {name: {k: v for k, v in record.items() if k != "args"} for name, record in entry.items()}
                     for n, entry in per_size.items()},
         "growth": rows, "growth_table": table,
+        "real_vectors": {name: {k: v for k, v in record.items() if k != "args"} for name, record in real_vectors.items()},
         "notes": ["Lucene latency is one query at a time through pipeline.search.ImpactSearcher (what the search "
                   "stage and the service use: Anserini's BagOfWordsQueryGenerator query, Lucene's IndexSearcher "
                   "with the impact similarity and (score, id) sort, via pyjnius, hits converted to Python); QPS "
@@ -794,11 +906,118 @@ def main() -> int:
                   "a hit as correct when its score reaches the exact 10th score.",
                   "BMP needs 8-bit impacts: its index holds impacts requantised to 1..255, so its exact mode is "
                   "exact for those, not for the original integers.",
+                  "Two-step: the index stage's companion (each document's largest impacts in a first-stage "
+                  "Lucene index, the full vectors in a memory-mapped forward store), searched through "
+                  "pipeline.two_step.TwoStepSearcher one query at a time (first stage + exact rescoring, hits "
+                  "converted to Python); recall@k against the full index's exhaustive top k of the same queries; "
+                  "default_k=10 / default_k=1000 are the settings search --two-step uses by default.",
                   "Peak RSS: peak_rss_mb is ru_maxrss of the stage's largest process (wait4); peak_tree_rss_mb "
                   "sums the stage's process tree (psutil, sampled every 0.2 s)."],
     }
+    if "two-step" in args.engines:
+        plot = Path(args.results) / "two_step_tradeoff.smoke.png" if smoke else common.ROOT / "docs" / "two_step_tradeoff.png"
+        result["two_step_plot"] = str(plot) if plot_two_step({**{str(n): e for n, e in per_size.items()},
+                                                              "real": real_vectors}, plot) else None
     common.write_result("scale", result, args, threads=args.threads)
     return 0
+
+
+def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Latency p50 against recall@k for every two-step setting measured, one panel per k, one series
+    per collection, exhaustive Lucene (recall 1) and Seismic marked where measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = {(f"{label}, N={e['companion' + key[8:]]['result'].get('prune_docs')}", label): value["result"]["settings"]
+                for label, e in entries.items() for key, value in e.items()
+                if key.startswith("two_step") and "settings" in value.get("result", {})}
+    if not measured:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, k in zip(axes, (10, 1000)):
+        for number, ((series, label), rows) in enumerate(measured.items()):
+            color = f"C{number}"
+            rows = [r for r in rows if r["k"] == k]
+            axis.scatter([r[f"recall@{k}"] for r in rows], [r["latency_1_thread"]["p50_ms"] for r in rows],
+                         color=color, label=f"two-step, {series}", s=18)
+            for r in rows:
+                axis.annotate(f"{r['query_terms'] or 'all'}/{r['candidates']}",
+                              (r[f"recall@{k}"], r["latency_1_thread"]["p50_ms"]), fontsize=6, xytext=(2, 2),
+                              textcoords="offset points")
+            lucene = entries[label].get("lucene", {}).get("result", {}).get(f"k={k}")
+            if lucene:
+                axis.scatter([1.0], [lucene["latency_1_thread"]["p50_ms"]], color=color, marker="x", s=40,
+                             label=f"exhaustive Lucene, {label}")
+            seismic = entries[label].get("seismic", {}).get("result", {}).get(f"k={k}")
+            if k == 10 and seismic:
+                axis.scatter([seismic[0]["recall@10"]], [seismic[0]["latency_1_thread"]["p50_ms"]], color=color,
+                             marker="^", s=40, label=f"Seismic, {label}")
+        axis.set_title(f"k={k} (labels: query terms / candidates)")
+        axis.set_xlabel(f"recall@{k} against the exhaustive top {k}")
+        axis.set_ylabel("latency p50, ms (one query, one thread)")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def two_step_settings(args, smoke: bool) -> list[list]:
+    """[query terms, k, candidates] per measured setting (query terms None: all)."""
+    if args.two_step_settings:
+        settings = []
+        for text in args.two_step_settings:
+            q, k, c = (int(part) for part in text.split(":"))
+            settings.append([q or None, k, c])
+        return settings
+    if smoke:
+        return [[5, 10, 20], [None, 10, 50], [10, 1000, 1000]]
+    return [[q, 10, c] for q in (5, 10, 20) for c in (50, 100, 200)] + \
+        [[q, 1000, c] for q in (5, 10, 20) for c in (1000, 2000)]
+
+
+def two_step_stages(work: Path, label: str, collection: Path, index: Path, queries: Path, args,
+                    smoke: bool) -> dict[str, Any]:
+    """Build the companion of one index for each ``--prune-docs`` value in turn and measure two-step
+    search on it. The default pruning's entries are ``companion`` and ``two_step`` (its default
+    settings' rows named ``default_k=10`` / ``default_k=1000`` for the growth table); others are
+    ``companion@N`` and ``two_step@N``."""
+    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record
+    from pipeline.outputs import file_sha256
+    from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
+
+    record = index / "splade-pipeline.json"
+    if not record.is_file():  # --cached-only without the index
+        return {}
+    grid = args.prune_docs or [DEFAULT_PRUNE_DOCS]
+    main_prune = DEFAULT_PRUNE_DOCS if DEFAULT_PRUNE_DOCS in grid else grid[0]
+    settings = two_step_settings(args, smoke)
+    defaults = {k: [DEFAULT_QUERY_TERMS, k, TwoStepOptions().depth(k)] for k in (10, 1000)}
+    settings += [s for s in defaults.values() if s not in settings]
+    entry: dict[str, Any] = {}
+    for prune_docs in grid:
+        suffix = "" if prune_docs == main_prune else f"@{prune_docs}"
+        built = companion_record(index)
+        cached_build = work / "stages" / f"companion-{label}-{prune_docs}.json"
+        if built is None or built["pruning"]["postings_per_doc"] != prune_docs:
+            cached_build.unlink(missing_ok=True)  # another pruning is on disk now: build this one again
+        entry["companion" + suffix] = run_stage(
+            work, "companion", f"companion-{label}-{prune_docs}",
+            {"collection": str(collection), "index": str(index), "prune_docs": prune_docs, "threads": args.threads,
+             "index_record": file_sha256(record)}, args.lock, timed=True)
+        companion = index / "two-step" / "two-step.json"
+        entry["two_step" + suffix] = run_stage(
+            work, "two_step", f"two-step-{label}-{prune_docs}-{args.dev_queries}",
+            {"index": str(index), "queries": str(queries), "settings": settings,
+             "threads": sorted({1, args.threads}), "warmup": 5 if smoke else 100,
+             "companion_record": file_sha256(companion) if companion.is_file() else None}, args.lock, timed=True)
+        result = entry["two_step" + suffix]["result"]
+        for k, wanted in defaults.items():
+            for row in result.get("settings", []):
+                if [row["query_terms"], row["k"], row["candidates"]] == wanted:
+                    result[f"default_k={k}"] = row
+    return entry
 
 
 def argparse_hidden() -> str:

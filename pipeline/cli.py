@@ -103,6 +103,37 @@ def _model_options(parser: argparse.ArgumentParser, defaults: bool = True) -> No
                              "'splade-pipeline[int8]')" + ("" if defaults else "; default: the index's"))
 
 
+def _two_step_options(parser: argparse.ArgumentParser, build: bool = False) -> None:
+    parser.add_argument("--two-step", action="store_true",
+                        help="search the index's pruned first stage, then rescore the candidates exactly with "
+                             "the full vectors" + (" (builds the companion)" if build else
+                                                   " (needs index --prune-docs)"))
+    parser.add_argument("--candidates", type=COUNT, default=None, metavar="K",
+                        help="two-step: first-stage candidates rescored per query (default: the larger of "
+                             "2 x --hits and 100)")
+    parser.add_argument("--query-terms", type=integer(0), default=None, metavar="N",
+                        help="two-step: the query's N largest weights search the first stage (default 20; "
+                             "0: all)")
+    if build:
+        parser.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
+                            help="two-step: postings kept per document in the first stage (default 128)")
+
+
+def two_step_choice(args: argparse.Namespace):
+    """The two-step options given, or None; two-step settings without ``--two-step`` are refused."""
+    given = [flag for flag, value in (("--candidates", args.candidates), ("--query-terms", args.query_terms),
+                                      ("--prune-docs", getattr(args, "prune_docs", None) if args.command == "run"
+                                       else None)) if value is not None]
+    if not args.two_step:
+        if given:
+            raise PipelineError(f"{given[0]} needs --two-step")
+        return None
+    from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
+
+    query_terms = DEFAULT_QUERY_TERMS if args.query_terms is None else (args.query_terms or None)
+    return TwoStepOptions(args.candidates, query_terms)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="splade-pipeline",
                                      description="SPLADE model -> Lucene impact index -> scored TREC run.")
@@ -132,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _query_encoder(p, "default: the collection's encoder, or its Router's query route; recorded for search and "
                       "serve")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the index is complete")
+    p.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
+                   help="also build the two-step companion: a first-stage index keeping each document's N "
+                        "largest impacts, and a forward store of the full vectors (for search --two-step)")
     _common(p)
 
     p = commands.add_parser("search", help="topics -> run file, by impact search")
@@ -146,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-tag", default="splade", help="last column of TREC runs (default splade)")
     _model_options(p, defaults=False)
     _query_encoder(p, "default: the index's")
+    _two_step_options(p)
     p.add_argument("--force", action="store_true", help="search even if settings differ from the index's")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     _common(p)
@@ -228,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hits whose id equals the query id: auto (default) drops them unless the qrels judge the "
                         "pair relevant; always (BEIR's rule as is); never")
     p.add_argument("--keep-query", action="store_true", help="same as --remove-query never")
+    _two_step_options(p, build=True)
     p.add_argument("--preset", choices=PRESETS, default="auto", help="evaluation preset (see evaluate --preset)")
     _model_options(p)
     _query_encoder(p, "default: the encoder's own")
@@ -254,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     _query_encoder(p, "default: each index's own")
     p.add_argument("--force", action="store_true", help="serve with --query-encoder even where it differs from an "
                                                         "index's")
+    p.add_argument("--two-step", action="store_true",
+                   help="search every index through its two-step companion (index --prune-docs), with search "
+                        "--two-step's default settings; hits keep their exact scores")
     _common(p)
     return parser
 
@@ -275,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
                       quantisation=args.quantisation)
     elif args.command == "index":
         stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose,
-                     progress=progress, query_encoder=args.query_encoder)
+                     progress=progress, query_encoder=args.query_encoder, prune_docs=args.prune_docs)
     elif args.command == "search":
         from pipeline.encoders import Options
 
@@ -283,7 +322,8 @@ def _run(args: argparse.Namespace) -> int:
                           args.quantisation, args.backend, args.precision, args.device)
         stages.search(args.index, args.output, args.topics, args.encoded_queries, options=options, hits=args.hits,
                       remove_query=args.remove_query, fmt=args.format, tag=args.run_tag, threads=args.threads,
-                      batch_size=args.batch_size, force=args.force, overwrite=args.overwrite, progress=progress)
+                      batch_size=args.batch_size, force=args.force, overwrite=args.overwrite, progress=progress,
+                      two_step=two_step_choice(args))
     elif args.command == "evaluate":
         from pipeline.evaluate import evaluate_files
 
@@ -330,7 +370,8 @@ def _run(args: argparse.Namespace) -> int:
                              verbose=args.verbose, corpus=args.corpus, topics=args.topics, qrels=args.qrels,
                              preset=args.preset, device=args.device, precision=args.precision,
                              backend=args.backend, query_encoder=args.query_encoder,
-                             quantisation=args.quantisation)
+                             quantisation=args.quantisation, two_step=two_step_choice(args),
+                             prune_docs=args.prune_docs)
         print(json.dumps(result, indent=2) if args.json else results_table([result]))
     elif args.command == "demo":
         from pipeline.demo import run_demo
@@ -341,7 +382,7 @@ def _run(args: argparse.Namespace) -> int:
         from pipeline.service.backend import index_names
 
         serve(index_names(args.index), args.host, args.port, args.workers, args.threads, verbose=args.verbose,
-              query_encoder=args.query_encoder, force=args.force)
+              query_encoder=args.query_encoder, force=args.force, two_step=args.two_step)
     return 0
 
 

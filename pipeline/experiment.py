@@ -25,8 +25,10 @@ from pipeline import stages
 from pipeline.encoders import Options
 from pipeline.errors import InputError, PipelineError
 from pipeline.evaluate import evaluate_files
+from pipeline.first_stage import DEFAULT_PRUNE_DOCS
 from pipeline.readers import read_qrels, read_topics
 from pipeline.search import default_run_name
+from pipeline.two_step import TwoStepOptions
 
 REMOVE_QUERY_RULES = ("auto", "always", "never")
 
@@ -95,14 +97,20 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
                 progress: bool = True, verbose: bool = False, say: stages.Say = stages.stderr,
                 corpus: Path | None = None, topics: Path | None = None, qrels: Path | None = None,
                 preset: str = "auto", device: str | None = None, precision: str | None = None,
-                backend: str = "torch", query_encoder: str | None = None, quantisation: str | None = None
-                ) -> dict[str, Any]:
+                backend: str = "torch", query_encoder: str | None = None, quantisation: str | None = None,
+                two_step: TwoStepOptions | None = None, prune_docs: int | None = None) -> dict[str, Any]:
     """Encode, index, search and evaluate one dataset; returns paths, timings, figures and the
     remove-query rule that applied (``auto``, ``always``, ``never``; see the module docstring).
 
     Without ``name`` outputs are named after the dataset folder (or the corpus file's folder); the
-    split is the qrels file's name when ``qrels`` is given.
+    split is the qrels file's name when ``qrels`` is given. ``two_step``: the index stage also builds
+    the two-step companion (``prune_docs`` postings per document, default
+    ``first_stage.DEFAULT_PRUNE_DOCS``) and the search is two-step; the run is named ``<model>-two-step``.
     """
+    if prune_docs is not None and two_step is None:
+        raise PipelineError("--prune-docs needs --two-step")
+    if two_step is not None:
+        two_step.check(hits)  # before any stage runs
     root = Path(root)
     split = Path(qrels).name.split(".")[0] if qrels is not None else split
     corpus, queries, qrels = dataset_files(dataset, split, corpus, topics, qrels)
@@ -112,6 +120,7 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
     index_dir = root / "indexes" / f"{name}.{label}"
     # one index serves every query side (only its record changes); each side gets its own run
     run_label = f"{label}.q-{model_label(query_encoder).replace(':', '-')}" if query_encoder else label
+    run_label = f"{run_label}-two-step" if two_step else run_label
     run_file = root / "runs" / default_run_name(name, run_label, split)
     timings: dict[str, float] = {}
 
@@ -122,7 +131,7 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
     timings["encode_s"] = time.perf_counter() - start
     start = time.perf_counter()
     stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress,
-                 query_encoder=query_encoder)
+                 query_encoder=query_encoder, prune_docs=(prune_docs or DEFAULT_PRUNE_DOCS) if two_step else None)
     timings["index_s"] = time.perf_counter() - start
     start = time.perf_counter()
     topic_texts = judged_topics(queries, qrels)
@@ -130,7 +139,8 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
     dropping, relevant_self = self_hit_rule(rule, topic_texts, qrels)
     counters = stages.search(index_dir, run_file, topic_texts, hits=hits, remove_query=dropping,
                              options=Options(device=device, precision=precision, backend=backend),
-                             threads=threads, batch_size=batch_size, overwrite=True, progress=progress, say=say)
+                             threads=threads, batch_size=batch_size, overwrite=True, progress=progress, say=say,
+                             two_step=two_step)
     timings["search_s"] = time.perf_counter() - start
     applied = {"rule": rule, "self_hits_removed": counters.get("self_hits_removed", 0),
                "judged_relevant_self_pairs": relevant_self,
@@ -145,6 +155,8 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
             "postings_per_doc": manifest["postings"]["mean_per_doc"],
             "documents": manifest["documents"], "collection": str(collection), "index": str(index_dir),
             "run": str(run_file), "qrels": str(qrels),
+            **({"two_step": {**{k: counters[k] for k in ("two_step", "candidates_mean", "could_miss", "per_query")},
+                             "prune_docs": prune_docs or DEFAULT_PRUNE_DOCS}} if two_step else {}),
             "timings": {k: round(v, 2) for k, v in timings.items()}}
 
 

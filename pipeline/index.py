@@ -126,10 +126,10 @@ def locate_bad_record(source: Path) -> tuple[Path, int, str] | None:
 
 
 def _record_problem(raw: bytes) -> str | None:
-    return _parse_record(raw)[1]
+    return parse_record(raw)[1]
 
 
-def _parse_record(raw: bytes) -> tuple[dict | None, str | None]:
+def parse_record(raw: bytes) -> tuple[dict | None, str | None]:
     """A JsonVectorCollection line as a record, or what is wrong with it."""
     try:
         record = json.loads(raw)
@@ -173,7 +173,7 @@ def count_records(folder: Path) -> tuple[int, int]:
                 for number, raw in enumerate(handle, start=1):
                     if not raw.strip():
                         continue
-                    record, problem = _parse_record(raw)
+                    record, problem = parse_record(raw)
                     if problem:
                         raise InputError(path, problem, number)
                     total += 1
@@ -251,8 +251,11 @@ def _record_shape(record: Any) -> str | None:
     return None
 
 
+COMPANION = "two-step"  # the two-step companion's subfolder of an index (pipeline.first_stage)
+PRUNING = "pruning"  # the record key that marks a pruned (first-stage) index
 INDEX_ENTRY = re.compile(r"segments(?:_\w+|\.gen)|pending_segments_\w+|write\.lock|_[^/]+"
-                         r"|splade-pipeline\.json|\.splade-pipeline\.json\.\d+\.tmp")
+                         r"|splade-pipeline\.json|\.splade-pipeline\.json\.\d+\.tmp"
+                         rf"|{COMPANION}/(?:.+)?")
 
 
 def is_index_entry(name: str) -> bool:
@@ -282,6 +285,7 @@ def _building_pid(name: str) -> int | None:
 # (the collection's manifest, the finished index's record or None) -> the query side to record, or
 # None to leave it as it is
 QuerySideRule = Callable[[dict[str, Any] | None, dict[str, Any] | None], dict[str, Any] | None]
+QUERY_SIDE = "query_encoder"  # the record key of the query side; the only key a finished index's rewrite changes
 RECORDED_SETTINGS = ("encoder", "pooling", "scale", "max_length", "quantisation", "prompt", "activation")
 
 
@@ -309,8 +313,8 @@ def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: 
         existing = load_record(index)
         if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
             query = query_encoder(manifest, existing)
-            if query is not None and existing.get("query_encoder") != query:
-                existing = {**existing, "query_encoder": query}
+            if query is not None and existing.get(QUERY_SIDE) != query:
+                existing = {**existing, QUERY_SIDE: query}
                 write_json(index / RECORD, existing)
             return existing, False
         raise ConsistencyError(f"{index} was built from another collection; use --overwrite to rebuild it")
@@ -323,7 +327,7 @@ def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: 
         extra.update(postings=manifest["postings"], collection_shards=manifest["shards"])
     query = query_encoder(manifest, None)
     if query is not None:
-        extra["query_encoder"] = query
+        extra[QUERY_SIDE] = query
     record = build_lucene_index(source, index, impact_arguments(threads, store_raw), expected, collection,
                                 verbose, extra, progress)
     return record, True

@@ -36,8 +36,8 @@ from typing import Any, Collection, Iterable
 
 from pipeline import jvm
 from pipeline.collection import write_atomic
-from pipeline.errors import InputError, PipelineError
-from pipeline.index import load_record
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.index import PRUNING, load_record
 from pipeline.trec_order import trec_eval_order
 from pipeline.readers import LUCENE_INT_MAX
 
@@ -67,6 +67,18 @@ def require_index(index: Path) -> Path:
     index = Path(index)
     if not index.is_dir() or not any(index.glob("segments_*")):
         raise InputError(index, "not a Lucene index (no segments file); build it with the index stage")
+    return index
+
+
+def require_full_index(index: Path) -> Path:
+    """``require_index``, and refuse a pruned first-stage index: its scores are sums over the postings
+    each document kept, not the full dot products, so searching it alone would look exact and not be."""
+    index = require_index(index)
+    record = load_record(index)
+    if record is not None and PRUNING in record:
+        raise ConsistencyError(f"{index} is a pruned first-stage index ({record[PRUNING]['postings_per_doc']} "
+                               "postings per document); its scores are not the full dot products: search the "
+                               "index it belongs to, with --two-step")
     return index
 
 
@@ -146,8 +158,9 @@ class ImpactSearcher:
     reader and writer are thread-safe, and the instance keeps no per-search state.
     """
 
-    def __init__(self, index: Path):
-        index = require_index(index)
+    def __init__(self, index: Path, first_stage: bool = False):
+        """``first_stage``: the caller (two-step search) knows ``index`` is pruned and rescores its hits."""
+        index = require_index(index) if first_stage else require_full_index(index)
         autoclass = jvm.autoclass
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
         self.documents = int(self._searcher.get_total_num_docs())
@@ -189,6 +202,14 @@ class ImpactSearcher:
             parts = list(pool.map(lambda chunk: self._search_chunk(chunk, depth), chunks))
         found = {qid: hits for part in parts for qid, hits in part.items()}
         return {qid: found[qid] for qid in queries}
+
+    def top(self, queries: dict[str, dict[str, int]], depth: int, threads: int = 1) -> dict[str, list[Hit]]:
+        """The first ``depth`` hits per query in Lucene's order (score, then document id ascending), with
+        no tie settling: deterministic whatever the index's build (the id breaks every tie), which is
+        all a candidate list needs. Queries without terms get no hits."""
+        searchable = {qid: terms for qid, terms in queries.items() if terms}
+        found = self._batch(searchable, depth, threads) if searchable else {}
+        return {qid: found.get(qid, []) for qid in queries}
 
     def _search_chunk(self, chunk: list[tuple[str, dict[str, int]]], depth: int) -> dict[str, list[Hit]]:
         return {qid: self._search_one(terms, depth) for qid, terms in chunk}

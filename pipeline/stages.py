@@ -18,7 +18,9 @@ from pipeline.impacts import ANSERINI_SCALE, POOLINGS, QUANTISATIONS
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import RECORD, build_index
 from pipeline.readers import check_run_tag, read_encoded_queries, read_topics
-from pipeline.search import FORMATS, encode_queries, index_record, require_index, restrict, run_search
+from pipeline.first_stage import build_companion, check_prune_docs, open_companion
+from pipeline.search import FORMATS, encode_queries, index_record, require_full_index, restrict, run_search
+from pipeline.two_step import TwoStepOptions, run_two_step, side_file
 
 Say = Callable[[str], Any]
 
@@ -105,8 +107,10 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
 
 def index(collection: Path, index_dir: Path, threads: int | None = None, store_raw: bool = False,
           overwrite: bool = False, verbose: bool = False, say: Say = stderr, progress: bool = False,
-          query_encoder: str | None = None) -> dict[str, Any]:
-    """JsonVectorCollection to a Lucene impact index, verified against the manifest.
+          query_encoder: str | None = None, prune_docs: int | None = None) -> dict[str, Any]:
+    """JsonVectorCollection to a Lucene impact index, verified against the manifest; with ``prune_docs``
+    also its two-step companion (pipeline.first_stage), whose record is returned under ``two_step``.
+    Without ``prune_docs`` no companion is built (an existing one is left as it is).
 
     ``query_encoder`` (``--query-encoder``): the query side the record names for searches of this
     index; ``None``: the default, the collection's model (or its Router's query route). Checked
@@ -128,13 +132,24 @@ def index(collection: Path, index_dir: Path, threads: int | None = None, store_r
         backend = settings["encoder"].get("backend", "torch") if not side.inference_free else "torch"
         return side.describe(backend, settings["encoder"].get("precision") if not side.inference_free else None)
 
-    record, worked = build_index(Path(collection), Path(index_dir), threads or default_threads(), store_raw,
-                                 overwrite, verbose, progress, query_side)
+    if prune_docs is not None:
+        check_prune_docs(prune_docs)  # before the full index is built
+    threads = threads or default_threads()
+    record, worked = build_index(Path(collection), Path(index_dir), threads, store_raw, overwrite, verbose,
+                                 progress, query_side)
     counters = record["counters"]
     verb = "indexed" if worked else "already indexed (use --overwrite to rebuild)"
     query = (record.get("query_encoder") or {}).get("name")
     say(f"{index_dir}: {verb}: " + ", ".join(f"{name} {value:,}" for name, value in counters.items())
         + (f"; queries: {query}" if query else ""))
+    if prune_docs is not None:
+        companion, built = build_companion(Path(collection), Path(index_dir), prune_docs, threads, overwrite,
+                                           verbose, progress)
+        postings = companion["postings"]
+        say(f"{index_dir}: two-step companion {'built' if built else 'already built'}: {prune_docs} postings per "
+            f"document kept in the first stage ({postings['first_stage']:,} of {postings['full']:,}), "
+            f"{companion['indexed']:,} documents; forward store of the full vectors")
+        record = {**record, "two_step": companion}
     return record
 
 
@@ -142,11 +157,15 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
            encoded_queries: Path | None = None, *, options: encoders.Options = encoders.Options(),
            hits: int = 1000, remove_query: bool | list[str] = False, fmt: str = "trec", tag: str = "splade",
            threads: int | None = None, batch_size: int = 32, force: bool = False, overwrite: bool = False,
-           progress: bool = True, say: Say = stderr) -> dict[str, Any]:
+           progress: bool = True, say: Say = stderr, two_step: TwoStepOptions | None = None) -> dict[str, Any]:
     """Topics (a file, or ``{qid: text}``), or pre-encoded queries, to a run file.
 
     Queries are encoded by the index's query side (``pipeline.encoders.query_spec``); ``options``
     may name another, refused unless ``force``. An inference-free side loads no model.
+
+    ``two_step``: search the index's two-step companion and rescore exactly (pipeline.two_step); the
+    settings in force go into the run's record, each query's candidates and bound into a side file.
+
     An existing run is kept only when the record beside it (``.FILE.splade-pipeline.json``) shows
     it was made from the same index, queries and settings; other inputs are refused without
     ``--overwrite``, and a file splade-pipeline did not write is never replaced.
@@ -163,10 +182,15 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
     with outputs.locked(output, "search"):
         state, made = outputs.file_state(output, "--output")
         threads = threads or default_threads()
-        require_index(index_dir)
+        require_full_index(index_dir)
         record = index_record(index_dir)
         inputs: dict[str, Any] = {"index": index_identity(index_dir), "hits": hits, "remove_query": remove_query,
                                   "format": fmt, "tag": tag if fmt == "trec" else None}
+        if two_step is not None:
+            two_step.check(hits)
+            companion = open_companion(index_dir)
+            inputs["two_step"] = {**two_step.describe(hits), "pruning": companion.record["pruning"],
+                                  "companion": outputs.value_sha256(companion.record)}
         if encoded_queries is not None:
             inputs.update(encoded_queries=outputs.file_sha256(Path(encoded_queries))
                           if Path(encoded_queries).is_file() else str(encoded_queries),
@@ -198,9 +222,18 @@ def search(index_dir: Path, output: Path, topics: Path | dict[str, str] | None =
             queries = encode_queries(query_encoder, topic_texts, batch_size, progress)
         outputs.writable_parent(output, "--output")
         with outputs.claimed(output, "run", inputs):
-            counters = run_search(index_dir, queries, output, hits, threads, remove_query, fmt, tag)
+            if two_step is None:
+                counters = run_search(index_dir, queries, output, hits, threads, remove_query, fmt, tag)
+                side_file(output).unlink(missing_ok=True)  # an earlier two-step run's record of this file
+            else:
+                counters = run_two_step(index_dir, queries, output, hits, threads, remove_query, fmt, tag, two_step)
     say(f"{output}: {counters['queries']:,} queries searched, {counters['hits']:,} hits; "
         f"{counters['without_terms']} without terms, {counters['without_hits']} without hits")
+    if two_step is not None:
+        say(f"two-step: {counters['candidates_mean']} candidates rescored per query on average (k' "
+            f"{counters['two_step']['candidates']}, {counters['two_step']['query_terms'] or 'all'} query terms in the "
+            f"first stage); {counters['could_miss']} queries could have missed an exact top-{hits} document by "
+            f"their bound; per query: {counters['per_query']}")
     if counters.get("ties_capped"):
         say(f"note: {counters['ties_capped']} queries tie at the cut-off beyond the depth limit (e.g. "
             f"{', '.join(counters['ties_capped_queries'][:3])}); ties broken by document id among the hits fetched")

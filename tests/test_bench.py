@@ -40,6 +40,7 @@ SMOKE: dict[str, list[str]] = {
     "serve.py": [],
     "scale.py": [],
     "train.py": [],
+    "two_step.py": [],
 }
 LONGEST_FIRST = ["scale.py", "serve.py", "train.py", "ray_encode.py", "official.py"]  # a balanced tail
 

@@ -179,8 +179,9 @@ def batch_request(limits: Limits) -> type[BaseModel]:
 
 def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Limits = Limits(),
                served: dict[str, ServedIndex] | None = None, query_encoder: str | None = None,
-               force: bool = False) -> FastAPI:
-    """The service over ``indexes`` (``{name: path}``), opened when the server starts.
+               force: bool = False, two_step: bool = False) -> FastAPI:
+    """The service over ``indexes`` (``{name: path}``), opened when the server starts; ``two_step``
+    searches each through its two-step companion (default settings, ``pipeline.two_step``).
 
     ``served`` hands in indexes already open (then they are not closed at shutdown either).
     ``query_encoder``: another query side than the indexes' own, refused unless ``force``.
@@ -189,8 +190,8 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         own = served is None
-        app.state.indexes = open_indexes(indexes, threads, Options(query_encoder=query_encoder), force) \
-            if own else served
+        app.state.indexes = open_indexes(indexes, threads, Options(query_encoder=query_encoder), force,
+                                         two_step) if own else served
         try:
             yield
         finally:

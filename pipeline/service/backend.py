@@ -28,7 +28,9 @@ from typing import Any, Iterable, Sequence
 from pipeline import blas, encoders, jvm
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights
-from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_index
+from pipeline.first_stage import open_companion
+from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_full_index
+from pipeline.two_step import TwoStepOptions, TwoStepSearcher
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SETTINGS = ("pooling", "scale", "max_length", "postings", "counters")
@@ -85,6 +87,7 @@ class ServedIndex:
     record: dict[str, Any]
     stores_text: bool
     threads: int = 1
+    two_step: TwoStepSearcher | None = None  # serve --two-step: pruned first stage, exact rescoring
     documents: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,14 +103,20 @@ class ServedIndex:
                 "query_encoder": {key: query[key] for key in ("kind", "name", "fingerprint", "backend", "precision")
                                   if key in query} or None,
                 "inference_free": self.encoder.inference_free,
-                **{key: self.record[key] for key in SETTINGS if key in self.record}}
+                **{key: self.record[key] for key in SETTINGS if key in self.record},
+                "two_step": None if self.two_step is None else
+                {"pruning": self.two_step.companion.record["pruning"], "query_terms": TwoStepOptions().query_terms,
+                 "candidates": f"the larger of hits and {TwoStepOptions().depth(1)}"}}
 
     def encode(self, texts: Sequence[str]) -> list[dict[str, int]]:
         """Quantised ``{term: weight}`` per text, exactly as the search stage encodes topics."""
         return self.encoder.encode(texts)
 
     def search(self, queries: dict[str, dict[str, int]], hits: int) -> dict[str, list[Hit]]:
-        """Hits per query: one query on the request's thread, a batch over ``threads`` threads."""
+        """Hits per query: one query on the request's thread, a batch over ``threads`` threads; two-step
+        with its default settings when the service was started with ``--two-step``."""
+        if self.two_step is not None:
+            return self.two_step.search(queries, hits, threads=self.threads)[0]
         return self.searcher.search(queries, hits, threads=self.threads)[0]
 
     def stored(self, docid: str) -> dict[str, Any] | None:
@@ -147,6 +156,8 @@ class ServedIndex:
 
     def close(self) -> None:
         self.searcher.close()
+        if self.two_step is not None:
+            self.two_step.close()
 
 
 def index_names(paths: Sequence[str]) -> dict[str, Path]:
@@ -167,21 +178,26 @@ def index_names(paths: Sequence[str]) -> dict[str, Path]:
     return named
 
 
-def check_indexes(indexes: dict[str, Path]) -> None:
-    """Fail before anything loads when a path is not a Lucene index."""
+def check_indexes(indexes: dict[str, Path], two_step: bool = False) -> None:
+    """Fail before anything loads when a path is not a (full) Lucene index, or, for ``two_step``,
+    has no two-step companion."""
     for path in indexes.values():
-        require_index(path)
+        require_full_index(path)
+        if two_step:
+            open_companion(path)
 
 
 def open_indexes(indexes: dict[str, Path], threads: int | None = None,
-                 options: encoders.Options = encoders.Options(), force: bool = False) -> dict[str, ServedIndex]:
-    """Start the JVM, open each index and load each distinct query encoder once.
+                 options: encoders.Options = encoders.Options(), force: bool = False, two_step: bool = False
+                 ) -> dict[str, ServedIndex]:
+    """Start the JVM, open each index (and its two-step companion, for ``two_step``) and load each
+    distinct query encoder once.
 
     Each index's query side is chosen as the search stage chooses it (``encoders.query_spec``;
     ``options`` may name another, refused unless ``force``). An inference-free side loads no model:
     the service then starts no torch at all.
     """
-    check_indexes(indexes)
+    check_indexes(indexes, two_step)
     limit_malloc_arenas()
     blas.set_threads(1)  # queries project on one BLAS thread (encode_queries); set once, not per request
     jvm.start(options=JAVA_OPTIONS)
@@ -200,7 +216,8 @@ def open_indexes(indexes: dict[str, Path], threads: int | None = None,
                 # request threads never change torch's process-wide thread count under each other
                 loaded[key] = encoders.load_queries(spec, 1, options.device, path)
             searcher = WarmSearcher(path)
-            served[name] = ServedIndex(name, searcher, loaded[key], record, searcher.stores_text(), threads or 1)
+            served[name] = ServedIndex(name, searcher, loaded[key], record, searcher.stores_text(), threads or 1,
+                                       TwoStepSearcher(path) if two_step else None)
     except BaseException:
         close_indexes(served)
         raise

@@ -33,20 +33,21 @@ def uvicorn_options(limits: Limits, verbose: bool = False) -> dict:
 
 def serve(indexes: dict[str, Path], host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
           threads: int | None = None, limits: Limits = Limits(), verbose: bool = False,
-          query_encoder: str | None = None, force: bool = False) -> None:
+          query_encoder: str | None = None, force: bool = False, two_step: bool = False) -> None:
     """Serve until interrupted. Paths are checked before anything loads."""
     import uvicorn
 
-    check_indexes(indexes)
+    check_indexes(indexes, two_step)
     print(f"serving {', '.join(indexes)} on http://{host}:{port}/ ({workers} worker{'s' if workers > 1 else ''})",
           flush=True)
     if workers <= 1:
-        uvicorn.run(create_app(indexes, threads, limits, query_encoder=query_encoder, force=force), host=host,
-                    port=port, **uvicorn_options(limits, verbose))
+        uvicorn.run(create_app(indexes, threads, limits, query_encoder=query_encoder, force=force,
+                               two_step=two_step), host=host, port=port, **uvicorn_options(limits, verbose))
         return
     os.environ[SETTINGS_VARIABLE] = json.dumps({"indexes": {name: str(path) for name, path in indexes.items()},
                                                 "threads": threads, "limits": dataclasses.asdict(limits),
-                                                "query_encoder": query_encoder, "force": force})
+                                                "query_encoder": query_encoder, "force": force,
+                                                "two_step": two_step})
     uvicorn.run("pipeline.service.server:worker_app", factory=True, workers=workers, host=host, port=port,
                 **uvicorn_options(limits, verbose))
 
@@ -56,4 +57,4 @@ def worker_app():
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     return create_app({name: Path(path) for name, path in settings["indexes"].items()}, settings["threads"],
                       Limits(**settings["limits"]), query_encoder=settings.get("query_encoder"),
-                      force=settings.get("force", False))
+                      force=settings.get("force", False), two_step=settings.get("two_step", False))

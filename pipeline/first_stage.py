@@ -1,0 +1,261 @@
+"""The two-step companion of an impact index: a pruned first-stage index and the full vectors.
+
+Exhaustive impact search costs grow with the collection (docs/scale.md). Two-step search
+(Lassance et al., "Two-Step SPLADE", ECIR 2024) finds candidates in a *pruned* index, where each
+document keeps only its largest impacts, and rescores them exactly with the full vectors. This
+module builds what that needs, in the index stage, from the same collection the full index was
+built from, into a subfolder of the index so that one ``--index`` path serves both searches::
+
+    indexes/NAME/                    the full impact index, as the index stage builds it
+        two-step/
+            two-step.json            record: pruning rule, counts, checksums, the full index it belongs to
+            first-stage/             Lucene impact index of the pruned vectors (built by pipeline.index)
+            forward/                 the full quantised vectors by document (pipeline.forward)
+            max-pruned.bin           per term: the largest impact pruned away (for the miss bound)
+
+The companion is built in a temporary folder beside the index and renamed into place, and its
+record names the full index's record by checksum: rebuilding the full index removes the
+companion with it, and a companion that does not belong to its index is refused at search time.
+The first-stage index's own record carries the ``pruning`` key, and the search stage refuses to
+search it as if it were a full index (its scores are not the full dot products).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline import forward, outputs
+from pipeline.collection import read_json, write_json
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.index import (COMPANION, PRUNING, QUERY_SIDE, RECORDED_SETTINGS, build_lucene_index,
+                            collection_input, impact_arguments, is_our_index, load_record, parse_record)
+
+COMPANION_RECORD = "two-step.json"
+FIRST_STAGE = "first-stage"
+FORWARD = "forward"
+MAX_PRUNED = "max-pruned.bin"
+PRUNED_COLLECTION = "pruned-collection"
+DEFAULT_PRUNE_DOCS = 128  # postings kept per document; chosen from bench/results/two_step.json (two_step.py)
+
+
+@dataclass(frozen=True)
+class Companion:
+    """Where an index's companion parts are, and its record."""
+
+    folder: Path
+    record: dict[str, Any]
+
+    @property
+    def first_stage(self) -> Path:
+        return self.folder / FIRST_STAGE
+
+    @property
+    def forward(self) -> Path:
+        return self.folder / FORWARD
+
+    def max_pruned(self) -> np.ndarray:
+        spec = self.record["max_pruned"]
+        return np.fromfile(self.folder / MAX_PRUNED, dtype=spec["dtype"])
+
+
+def companion_folder(index: Path) -> Path:
+    return Path(index) / COMPANION
+
+
+def full_record_digest(index: Path) -> str:
+    """The full index's record, by checksum: what ties a companion to the index it was built beside.
+
+    The record's query side is left out: ``index --query-encoder`` rewrites only that key of a finished
+    index (its postings stay), and the companion holds document vectors only, so it stays valid."""
+    if not is_our_index(index):
+        raise InputError(index, "not an index built by the index stage (no splade-pipeline.json); build the "
+                                "full index first")
+    record = load_record(index)
+    return outputs.value_sha256({key: value for key, value in record.items() if key != QUERY_SIDE})
+
+
+def pruning_rule(prune_docs: int) -> dict[str, Any]:
+    """The rule as recorded: which postings a document keeps in the first-stage index."""
+    return {"rule": "top postings per document by impact, ties by term", "postings_per_doc": prune_docs}
+
+
+def check_prune_docs(prune_docs: int) -> None:
+    if isinstance(prune_docs, bool) or not isinstance(prune_docs, int) or prune_docs < 1:
+        raise PipelineError(f"--prune-docs must be an integer of at least 1, got {prune_docs!r}")
+
+
+def open_companion(index: Path) -> Companion:
+    """The companion of ``index``, checked to belong to it; a missing or stale one is refused."""
+    index = Path(index)
+    folder = companion_folder(index)
+    path = folder / COMPANION_RECORD
+    if not path.is_file():
+        raise InputError(index, "has no two-step companion; build it with: splade-pipeline index "
+                                "--collection ... --index ... --prune-docs N")
+    record = read_json(path)
+    if record.get("full_index_record") != full_record_digest(index):
+        raise ConsistencyError(f"{folder} was built for another version of {index}; rebuild it with "
+                               "index --prune-docs N --overwrite")
+    spec = record["max_pruned"]
+    if outputs.file_sha256(folder / MAX_PRUNED) != spec["sha256"]:
+        raise InputError(folder / MAX_PRUNED, "changed since it was built (sha256 differs from two-step.json)")
+    return Companion(folder, record)
+
+
+def companion_record(index: Path) -> dict[str, Any] | None:
+    path = companion_folder(index) / COMPANION_RECORD
+    return read_json(path) if path.is_file() else None
+
+
+def collection_records(collection: Path) -> Iterator[tuple[Path, int, dict]]:
+    """Every JsonVectorCollection record (file, line, parsed), files in the order the manifest lists them."""
+    source, manifest = collection_input(collection)
+    if manifest is not None:
+        files = [Path(collection) / shard["file"] for shard in manifest["shards"]]
+    else:
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if not raw.strip():
+                        continue
+                    record, problem = parse_record(raw)
+                    if problem:
+                        raise InputError(path, problem, number)
+                    yield path, number, record
+        except (OSError, EOFError) as exc:
+            raise InputError(path, f"cannot read: {exc}") from None
+
+
+def integer_postings(path: Path, line: int, vector: dict) -> list[tuple[str, int]]:
+    """A document's positive postings in store order; weights must be integers (exact dot products)."""
+    for term, weight in vector.items():
+        if not float(weight).is_integer() or weight < 0:
+            raise InputError(path, f"weight {weight!r} of {term[:40]!r} is not a non-negative integer; two-step "
+                                   "rescoring needs the integer impacts the index holds", line)
+    return forward.top_terms({term: int(weight) for term, weight in vector.items() if weight > 0}, None)
+
+
+def build_companion(collection: Path, index: Path, prune_docs: int = DEFAULT_PRUNE_DOCS, threads: int = 1,
+                    overwrite: bool = False, verbose: bool = False, progress: bool = False
+                    ) -> tuple[dict[str, Any], bool]:
+    """Build the companion of the (already built) full ``index`` from ``collection``; returns its record
+    and whether work was done. A companion with another rule is replaced only with ``overwrite``."""
+    check_prune_docs(prune_docs)
+    collection, index = Path(collection), Path(index)
+    with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
+        digest = full_record_digest(index)
+        existing = companion_record(index)
+        if existing is not None and existing.get("full_index_record") == digest:
+            if existing.get(PRUNING) == pruning_rule(prune_docs) and not overwrite:
+                return existing, False
+            if not overwrite:
+                raise ConsistencyError(
+                    f"{companion_folder(index)} was built with --prune-docs "
+                    f"{existing.get(PRUNING, {}).get('postings_per_doc')}; use --overwrite to rebuild it with "
+                    f"{prune_docs}")
+        target = outputs.absolute(companion_folder(index))
+        temp = target.parent.with_name(f".{target.parent.name}.{COMPANION}.building-{os.getpid()}")
+        outputs.clean_stale(target.parent.parent, f".{target.parent.name}.{COMPANION}.building-*", _building_pid)
+        shutil.rmtree(temp, ignore_errors=True)
+        try:
+            record = _build(collection, index, temp, prune_docs, threads, verbose, progress)
+            record["full_index_record"] = digest
+            write_json(temp / COMPANION_RECORD, record)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(temp, target)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+    return record, True
+
+
+def _building_pid(name: str) -> int | None:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: int, verbose: bool,
+           progress: bool) -> dict[str, Any]:
+    """Forward store and pruned collection in one pass over the collection, then the pruned index."""
+    start = time.perf_counter()
+    full = load_record(index)
+    pruned_folder = temp / PRUNED_COLLECTION
+    pruned_folder.mkdir(parents=True)
+    files = [open(pruned_folder / f"part-{i:05d}.jsonl", "wb") for i in range(max(threads, 1))]
+    writer = forward.ForwardWriter(temp / FORWARD)
+    documents = empty = kept = 0
+    try:
+        for path, line, record in collection_records(collection):
+            postings = integer_postings(path, line, record["vector"])
+            if postings:
+                writer.add(record["id"], postings)
+                kept += min(len(postings), prune_docs)
+            else:
+                empty += 1
+            pruned = {"id": record["id"], "contents": "", "vector": dict(postings[:prune_docs])}
+            files[documents % len(files)].write(json.dumps(pruned, ensure_ascii=False).encode() + b"\n")
+            documents += 1
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        for handle in files:
+            handle.close()
+    store = writer.finish()
+    if store["documents"] != full["documents"]:
+        raise ConsistencyError(f"{collection} holds {store['documents']} documents with postings, but {index} "
+                               f"holds {full['documents']}: the collection changed since the index was built; "
+                               "rebuild the index with --overwrite")
+    pass_seconds = time.perf_counter() - start
+    extra = {key: full[key] for key in RECORDED_SETTINGS if key in full}
+    first = build_lucene_index(pruned_folder, temp / FIRST_STAGE, impact_arguments(threads, False),
+                               (documents, empty), collection, verbose, {**extra, PRUNING: pruning_rule(prune_docs)},
+                               progress)
+    shutil.rmtree(pruned_folder)
+    maxima = pruned_maxima(forward.ForwardStore(temp / FORWARD, check=False), prune_docs)
+    maxima.tofile(temp / MAX_PRUNED)
+    return {"created_by": outputs.CREATED_BY, PRUNING: pruning_rule(prune_docs), "documents": documents,
+            "indexed": first["documents"], "postings": {"full": store["postings"], "first_stage": kept},
+            "max_pruned": {"dtype": maxima.dtype.str, "length": len(maxima),
+                           "sha256": outputs.file_sha256(temp / MAX_PRUNED)},
+            "largest_impact": store["largest_impact"],
+            "build_seconds": {"forward_and_pruned_collection": round(pass_seconds, 2),
+                              "first_stage_index": round(time.perf_counter() - start - pass_seconds, 2)},
+            **extra}
+
+
+def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 << 16) -> np.ndarray:
+    """Per term, the largest impact that the first stage does not hold: a row's postings past its
+    first ``prune_docs`` (the store keeps rows largest first). Zero for a term never pruned."""
+    maxima = np.zeros(len(store.words), dtype=store.impacts.dtype)
+    offsets = np.asarray(store.offsets, dtype=np.int64)
+    for lo in range(0, store.documents, chunk):
+        hi = min(lo + chunk, store.documents)
+        first, last = offsets[lo], offsets[hi]
+        starts = offsets[lo:hi]
+        lengths = offsets[lo + 1:hi + 1] - starts
+        rank = np.arange(last - first, dtype=np.int64) - np.repeat(starts - first, lengths)
+        pruned = rank >= prune_docs
+        if pruned.any():
+            np.maximum.at(maxima, np.asarray(store.terms[first:last])[pruned],
+                          np.asarray(store.impacts[first:last])[pruned])
+    return maxima
+
+
+def companion_bytes(index: Path) -> dict[str, int]:
+    """Sizes on disk: the first-stage index and the forward store (what two-step search needs)."""
+    folder = companion_folder(index)
+    size = lambda path: sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return {"first_stage_bytes": size(folder / FIRST_STAGE), "forward_bytes": size(folder / FORWARD)}

@@ -1,0 +1,250 @@
+"""The forward store: every document's full quantised vector, kept by document for exact rescoring.
+
+Lucene keeps impacts by term; reading one document's impacts back from its postings costs a seek
+per query term (the service's explanations do that for ten hits). Two-step search rescores
+hundreds of candidates per query, so the full vectors are also kept by document, as Seismic keeps
+its forward index beside the inverted lists: flat arrays, memory-mapped, so opening a store reads
+nothing but its small record and the operating system pages in only the rows a query touches.
+
+Layout of a ``forward/`` folder (every ``.bin`` is a raw little-endian array whose type and length
+``forward.json`` records, with its sha256; ``forward.json`` is written last)::
+
+    forward.json      record: documents, postings, array types, checksums
+    vocabulary.json   term strings; a term's id is its position
+    offsets.bin       row r's postings are [offsets[r], offsets[r + 1])
+    terms.bin         term id of every posting, row by row
+    impacts.bin       integer impact of every posting (the JsonVectorCollection's weight, unchanged)
+    ids.bin           document ids (UTF-8, fixed width), sorted, so a row is found by binary search
+    rows.bin          the row of each sorted id
+    max-impact.bin    per term: its largest impact in the collection (for bounds)
+
+Within a row postings are ordered by impact, largest first, ties by term string (``top_terms``'s
+order): keeping a row's first N postings is keeping its N largest, so a pruned first stage and
+its bounds are read off the store without sorting again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.outputs import file_sha256, write_atomic
+
+RECORD = "forward.json"
+VOCABULARY = "vocabulary.json"
+ARRAYS = ("offsets", "terms", "impacts", "ids", "rows", "max-impact")
+FORMAT = "splade-pipeline forward store 1"
+FLUSH_POSTINGS = 1 << 20  # postings buffered in Python lists before they go to disk
+CONVERT_CHUNK = 1 << 24  # elements converted at a time when the final types are chosen
+
+
+def top_terms(terms: Mapping[str, int], keep: int | None) -> list[tuple[str, int]]:
+    """The ``keep`` largest weights (all when None), largest first, ties by term string.
+
+    The one pruning rule, for documents (the first-stage index) and queries (the first-stage query):
+    deterministic, so a rebuild prunes the same postings.
+    """
+    ordered = sorted(terms.items(), key=lambda item: (-item[1], item[0]))
+    return ordered if keep is None else ordered[:keep]
+
+
+def smallest_unsigned(largest: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds ``largest``."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise PipelineError(f"value {largest} does not fit in 64 bits")
+
+
+class ForwardWriter:
+    """Streams documents into a forward store folder; ``finish`` writes the record that completes it.
+
+    Postings go to disk as int64 while streaming (the vocabulary size and the largest impact are
+    known only at the end), then are converted to their final, narrowest types in chunks: memory
+    holds the ids and offsets (a few bytes per document), never the postings.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._vocabulary: dict[str, int] = {}
+        self._ids: list[bytes] = []
+        self._offsets = [0]
+        self._terms: list[int] = []
+        self._impacts: list[int] = []
+        self._max_impact: list[int] = []
+        self._raw = {name: open(self.folder / f".{name}.int64", "wb") for name in ("terms", "impacts")}
+
+    def add(self, docid: str, postings: Iterable[tuple[str, int]]) -> None:
+        """One document's postings, already in store order (``top_terms``) and all positive."""
+        vocabulary, maxima = self._vocabulary, self._max_impact
+        count = 0
+        for term, impact in postings:
+            term_id = vocabulary.get(term)
+            if term_id is None:
+                term_id = vocabulary[term] = len(vocabulary)
+                maxima.append(0)
+            if impact > maxima[term_id]:
+                maxima[term_id] = impact
+            self._terms.append(term_id)
+            self._impacts.append(impact)
+            count += 1
+        self._ids.append(docid.encode("utf-8"))
+        self._offsets.append(self._offsets[-1] + count)
+        if len(self._terms) >= FLUSH_POSTINGS:
+            self._flush()
+
+    def _flush(self) -> None:
+        for name, values in (("terms", self._terms), ("impacts", self._impacts)):
+            np.asarray(values, dtype=np.int64).tofile(self._raw[name])
+            values.clear()
+
+    def finish(self, extra: dict | None = None) -> dict:
+        """Write the final arrays, the vocabulary and, last, the record; returns the record."""
+        self._flush()
+        for handle in self._raw.values():
+            handle.close()
+        documents, postings = len(self._ids), self._offsets[-1]
+        if len(set(self._ids)) != documents:
+            raise ConsistencyError(f"{self.folder}: duplicate document ids in the collection")
+        largest = max(self._max_impact, default=0)
+        types = {"offsets": np.dtype(np.uint64), "terms": smallest_unsigned(max(len(self._vocabulary) - 1, 0)),
+                 "impacts": smallest_unsigned(largest), "rows": smallest_unsigned(max(documents - 1, 0)),
+                 "max-impact": smallest_unsigned(largest)}
+        for name in ("terms", "impacts"):
+            _convert(self.folder / f".{name}.int64", self.folder / f"{name}.bin", types[name])
+        np.asarray(self._offsets, dtype=types["offsets"]).tofile(self.folder / "offsets.bin")
+        width = max((len(i) for i in self._ids), default=1) or 1
+        ids = np.asarray(self._ids, dtype=f"S{width}")
+        order = np.argsort(ids, kind="stable")
+        ids[order].tofile(self.folder / "ids.bin")
+        order.astype(types["rows"]).tofile(self.folder / "rows.bin")
+        np.asarray(self._max_impact, dtype=types["max-impact"]).tofile(self.folder / "max-impact.bin")
+        words = [None] * len(self._vocabulary)
+        for term, term_id in self._vocabulary.items():
+            words[term_id] = term
+        write_atomic(self.folder / VOCABULARY, json.dumps(words, ensure_ascii=False).encode())
+        types["ids"] = ids.dtype
+        lengths = {"offsets": documents + 1, "terms": postings, "impacts": postings, "ids": documents,
+                   "rows": documents, "max-impact": len(words)}
+        record = {"format": FORMAT, "documents": documents, "postings": postings, "vocabulary": len(words),
+                  "largest_impact": largest,
+                  "arrays": {name: {"dtype": types[name].str, "length": lengths[name],
+                                    "sha256": file_sha256(self.folder / f"{name}.bin")} for name in ARRAYS},
+                  "vocabulary_sha256": file_sha256(self.folder / VOCABULARY), **(extra or {})}
+        write_atomic(self.folder / RECORD, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        return record
+
+    def abandon(self) -> None:
+        for handle in self._raw.values():
+            handle.close()
+
+
+def _convert(source: Path, target: Path, dtype: np.dtype) -> None:
+    """Copy an int64 file into ``dtype`` in chunks, then drop the int64 file."""
+    raw = np.fromfile(source, dtype=np.int64) if source.stat().st_size < 8 * CONVERT_CHUNK else \
+        np.memmap(source, dtype=np.int64, mode="r")
+    with open(target, "wb") as handle:
+        for start in range(0, len(raw), CONVERT_CHUNK):
+            raw[start:start + CONVERT_CHUNK].astype(dtype).tofile(handle)
+    del raw
+    os.unlink(source)
+
+
+def read_record(folder: Path) -> dict:
+    path = Path(folder) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a complete forward store ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise InputError(path, f"not a forward store record (expected format {FORMAT!r})")
+    return record
+
+
+def verify(folder: Path, record: dict) -> None:
+    """Every array has its recorded size and checksum: a changed or truncated file is refused."""
+    folder = Path(folder)
+    for name, spec in record["arrays"].items():
+        path = folder / f"{name}.bin"
+        if not path.is_file():
+            raise InputError(path, "missing array of the forward store")
+        size = np.dtype(spec["dtype"]).itemsize * spec["length"]
+        if path.stat().st_size != size:
+            raise InputError(path, f"holds {path.stat().st_size} bytes, the record says {size}; rebuild the index")
+        if file_sha256(path) != spec["sha256"]:
+            raise InputError(path, "changed since it was built (sha256 differs from forward.json); rebuild the index")
+    if file_sha256(folder / VOCABULARY) != record["vocabulary_sha256"]:
+        raise InputError(folder / VOCABULARY, "changed since it was built (sha256 differs from forward.json)")
+
+
+def _map(folder: Path, name: str, spec: dict) -> np.ndarray:
+    if spec["length"] == 0:
+        return np.zeros(0, dtype=spec["dtype"])
+    return np.memmap(Path(folder) / f"{name}.bin", dtype=spec["dtype"], mode="r", shape=(spec["length"],))
+
+
+class ForwardStore:
+    """A forward store opened for reading: arrays memory-mapped, checksums checked once at open."""
+
+    def __init__(self, folder: Path, check: bool = True):
+        self.folder = Path(folder)
+        self.record = read_record(self.folder)
+        if check:
+            verify(self.folder, self.record)
+        arrays = {name: _map(self.folder, name, spec) for name, spec in self.record["arrays"].items()}
+        self.offsets, self.terms, self.impacts = arrays["offsets"], arrays["terms"], arrays["impacts"]
+        self._ids, self._rows, self.max_impact = arrays["ids"], arrays["rows"], arrays["max-impact"]
+        self.words: list[str] = json.loads((self.folder / VOCABULARY).read_text())
+        self.term_ids = {term: position for position, term in enumerate(self.words)}
+        self.documents = int(self.record["documents"])
+
+    def rows(self, docids: list[str]) -> np.ndarray:
+        """The row of each document id; an id the store lacks is an inconsistency, never skipped."""
+        if not docids:
+            return np.zeros(0, dtype=np.int64)
+        wanted = np.asarray([d.encode("utf-8") for d in docids], dtype=self._ids.dtype)
+        places = np.searchsorted(self._ids, wanted)
+        found = places < len(self._ids)
+        found[found] = self._ids[places[found]] == wanted[found]
+        if not found.all():
+            missing = docids[int(np.flatnonzero(~found)[0])]
+            raise ConsistencyError(f"{self.folder}: document {missing[:80]!r} is in the first-stage index but not "
+                                   "in the forward store; rebuild the index")
+        return self._rows[places].astype(np.int64)
+
+    def query_weights(self, query: Mapping[str, int]) -> np.ndarray:
+        """The query as a dense int64 array over the store's vocabulary (terms no document has drop out:
+        they add nothing to any dot product)."""
+        dense = np.zeros(len(self.words), dtype=np.int64)
+        for term, weight in query.items():
+            term_id = self.term_ids.get(term)
+            if term_id is not None:
+                dense[term_id] = weight
+        return dense
+
+    def scores(self, query: Mapping[str, int], rows: np.ndarray) -> np.ndarray:
+        """Exact integer dot products of ``query`` with the documents in ``rows`` (int64)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64)
+        starts = self.offsets[rows].astype(np.int64)
+        lengths = self.offsets[rows + 1].astype(np.int64) - starts
+        ends = np.cumsum(lengths)
+        # positions of every posting of every row, in one array: a run of consecutive numbers per row
+        positions = np.arange(ends[-1], dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+        products = self.query_weights(query)[self.terms[positions]] * self.impacts[positions].astype(np.int64)
+        totals = np.concatenate([[0], np.cumsum(products)])
+        return totals[ends] - totals[ends - lengths]
+
+    def vector(self, docid: str) -> dict[str, int]:
+        """One document's full vector, in store order."""
+        row = int(self.rows([docid])[0])
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return {self.words[int(t)]: int(i) for t, i in zip(self.terms[start:end], self.impacts[start:end])}
+

@@ -1,0 +1,284 @@
+"""Two-step search: exact rescoring gives the exhaustive scores; pruned indexes refuse exhaustive search.
+
+Real splade-tiny on the embedded demo set (40 passages, 10 queries), real Lucene indexes; the
+forward store's own logic is also checked on random vectors against a brute-force dot product.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline import cli, encoders, stages
+from pipeline.demo import DEMO_DATA, collection_vectors
+from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.first_stage import companion_folder, pruned_maxima
+from pipeline.forward import ForwardStore, ForwardWriter, top_terms
+from pipeline.readers import read_topics
+from pipeline.search import ImpactSearcher, encode_queries
+from pipeline.trec_order import trec_eval_order
+from pipeline.two_step import TwoStepOptions, TwoStepSearcher, side_file
+
+QUIET = {"say": lambda text: None, "progress": False}
+DOCS = 40  # the demo set's passages
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, demo_indexes):
+    """The demo collection (conftest's, read only), a full index with a companion pruned to 16 postings
+    per document, and the same index with an unpruned companion (every posting kept)."""
+    root = tmp_path_factory.mktemp("two-step")
+    collection = demo_indexes["collection"]
+    pruned, whole = root / "indexes" / "pruned", root / "indexes" / "whole"
+    stages.index(collection, pruned, threads=2, prune_docs=16, say=QUIET["say"])
+    stages.index(collection, whole, threads=2, prune_docs=10_000, say=QUIET["say"])
+    return collection, pruned, whole
+
+
+@pytest.fixture(scope="module")
+def queries(built, encoder):
+    """The demo topics as the search stage encodes them (the index's query side: splade-tiny, scale 100)."""
+    return encode_queries(encoders.ModelQueries(encoder, 100, "scale"), read_topics(DEMO_DATA / "queries.jsonl"),
+                          32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exhaustive(built, queries):
+    """Every document each query matches, with Lucene's exhaustive score."""
+    searcher = ImpactSearcher(built[1])
+    try:
+        return searcher.search(queries, DOCS)[0]
+    finally:
+        searcher.close()
+
+
+def dot(query, vector):
+    return sum(weight * vector.get(term, 0) for term, weight in query.items())
+
+
+def test_rescored_scores_equal_the_exhaustive_scores(built, queries, exhaustive):
+    collection, pruned, _ = built
+    docs = collection_vectors(collection)
+    searcher = TwoStepSearcher(pruned)
+    try:
+        ranked, counters, per_query = searcher.search(queries, 10, options=TwoStepOptions(candidates=20, query_terms=5))
+    finally:
+        searcher.close()
+    compared = 0
+    for qid, hits in ranked.items():
+        full = dict(exhaustive[qid])
+        assert hits == trec_eval_order(hits)
+        for docid, score in hits:
+            assert score == full[docid] == dot(queries[qid], docs[docid]["vector"])
+            compared += 1
+        assert per_query[qid]["candidates"] <= 20
+    assert compared >= 30  # a pruned first stage still finds several documents per query
+    assert counters["candidates_max"] <= 20
+
+
+def test_without_pruning_two_step_is_the_exhaustive_run(built, queries, exhaustive):
+    """Every posting kept, every query term, every document a candidate: the same run, and the bound
+    proves every query's top k."""
+    searcher = TwoStepSearcher(built[2])
+    try:
+        ranked, counters, per_query = searcher.search(queries, 10, options=TwoStepOptions(DOCS, None))
+    finally:
+        searcher.close()
+    assert ranked == {qid: hits[:10] for qid, hits in exhaustive.items()}
+    assert counters["could_miss"] == 0
+    assert not any(info["could_miss"] for info in per_query.values())
+
+
+def test_a_query_that_missed_a_document_says_it_could_have(built, queries, exhaustive):
+    searcher = TwoStepSearcher(built[1])
+    try:
+        ranked, _, per_query = searcher.search(queries, 10, options=TwoStepOptions(10, 3))
+    finally:
+        searcher.close()
+    missed = [qid for qid in queries if ranked[qid] != exhaustive[qid][:10]]
+    assert missed  # so aggressive a pruning does miss documents here
+    assert all(per_query[qid]["could_miss"] for qid in missed)
+    for qid in missed:
+        assert per_query[qid]["bound"] >= per_query[qid]["kth_score"]
+
+
+def test_pruned_index_refuses_to_be_searched_as_the_full_one(built, tmp_path):
+    first_stage = companion_folder(built[1]) / "first-stage"
+    with pytest.raises(ConsistencyError, match="pruned first-stage index"):
+        ImpactSearcher(first_stage)
+    with pytest.raises(ConsistencyError, match="pruned first-stage index"):
+        stages.search(first_stage, tmp_path / "run.txt", DEMO_DATA / "queries.jsonl", **QUIET)
+    assert not (tmp_path / "run.txt").exists()
+    with pytest.raises(InputError, match="no two-step companion"):
+        TwoStepSearcher(first_stage)
+
+
+def test_search_stage_writes_run_record_and_side_file(built, tmp_path, exhaustive):
+    run = tmp_path / "run.txt"
+    options = TwoStepOptions(candidates=30, query_terms=8)
+    counters = stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, two_step=options, **QUIET)
+    record = json.loads((tmp_path / ".run.txt.splade-pipeline.json").read_text())
+    assert record["inputs"]["two_step"]["candidates"] == 30
+    assert record["inputs"]["two_step"]["query_terms"] == 8
+    assert record["inputs"]["two_step"]["pruning"]["postings_per_doc"] == 16
+    side = json.loads(side_file(run).read_text())
+    assert set(side["queries"]) == set(read_topics(DEMO_DATA / "queries.jsonl"))
+    assert side["counters"]["could_miss"] == counters["could_miss"]
+    lines = [line.split() for line in run.read_text().splitlines()]
+    for qid, _, docid, _, score, _ in lines:
+        assert float(score) == dict(exhaustive[qid])[docid]
+    with pytest.raises(ConsistencyError, match="other inputs"):
+        stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, two_step=TwoStepOptions(40, 8), **QUIET)
+
+
+def test_bad_two_step_options(built, tmp_path):
+    with pytest.raises(PipelineError, match="fewer than --hits"):
+        stages.search(built[1], tmp_path / "r.txt", DEMO_DATA / "queries.jsonl", hits=50,
+                      two_step=TwoStepOptions(candidates=10), **QUIET)
+    with pytest.raises(PipelineError, match="--query-terms must be"):
+        TwoStepOptions(query_terms=0).check(10)
+    with pytest.raises(PipelineError, match="--prune-docs must be"):
+        stages.index(built[0], tmp_path / "index", prune_docs=0, say=QUIET["say"])
+    assert not (tmp_path / "index").exists()  # refused before any index was built
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_two_step_on_an_index_without_companion_is_refused(demo_indexes, tmp_path):
+    plain = demo_indexes["bare"]  # indexed without --prune-docs: no companion is built
+    assert not companion_folder(plain).exists()
+    with pytest.raises(InputError, match="no two-step companion"):
+        stages.search(plain, tmp_path / "run.txt", DEMO_DATA / "queries.jsonl", two_step=TwoStepOptions(), **QUIET)
+    assert not (tmp_path / "run.txt").exists()
+
+
+def test_companion_survives_a_new_query_side_and_searches_with_it(built, tmp_path):
+    """index --query-encoder rewrites only the record's query side: the companion (document vectors)
+    stays valid, and two-step search encodes with the new side (here inference-free token weights)."""
+    collection, index = built[0], tmp_path / "index"
+    shutil.copytree(built[1], index)
+    before = (companion_folder(index) / "two-step.json").read_bytes()
+    stages.index(collection, index, threads=1, query_encoder="tokens", say=QUIET["say"])
+    assert json.loads((index / "splade-pipeline.json").read_text())["query_encoder"]["kind"] != "model"
+    run = tmp_path / "run.txt"
+    stages.search(index, run, DEMO_DATA / "queries.jsonl", hits=10, two_step=TwoStepOptions(DOCS, None), **QUIET)
+    assert (companion_folder(index) / "two-step.json").read_bytes() == before
+    docs = collection_vectors(collection)
+    side = encoders.load_queries(encoders.query_spec(json.loads((index / "splade-pipeline.json").read_text())))
+    topics = read_topics(DEMO_DATA / "queries.jsonl")
+    tokens = dict(zip(topics, side.encode(list(topics.values()))))
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert lines
+    for qid, _, docid, _, score, _ in lines:
+        assert float(score) == dot(tokens[qid], docs[docid]["vector"])
+
+
+def test_cli_refuses_two_step_settings_without_two_step(built, tmp_path, capsys):
+    code = cli.main(["search", "--index", str(built[1]), "--topics", str(DEMO_DATA / "queries.jsonl"),
+                     "--output", str(tmp_path / "run.txt"), "--candidates", "50", "--quiet"])
+    assert code == 2
+    assert "--candidates needs --two-step" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["index", "--collection", str(built[0]), "--index", str(tmp_path / "i"), "--prune-docs", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_changed_forward_store_is_refused(built, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built[1], copy)
+    impacts = companion_folder(copy) / "forward" / "impacts.bin"
+    data = bytearray(impacts.read_bytes())
+    data[0] ^= 1
+    impacts.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="impacts.bin"):
+        TwoStepSearcher(copy)
+
+
+def test_rebuilding_the_full_index_drops_its_companion(built, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built[1], copy)
+    stages.index(built[0], copy, threads=1, overwrite=True, say=QUIET["say"])
+    assert not companion_folder(copy).exists()
+    with pytest.raises(InputError, match="no two-step companion"):
+        TwoStepSearcher(copy)
+
+
+# -- the forward store alone (pure logic, random vectors) --------------------------------------------
+
+def random_vectors(count, vocabulary, seed=7):
+    generator = np.random.default_rng(seed)
+    vectors = []
+    for _ in range(count):
+        size = int(generator.integers(0, 30))
+        terms = generator.choice(vocabulary, size=size, replace=False)
+        vectors.append({f"t{t}": int(generator.integers(1, 400)) for t in terms})
+    return vectors
+
+
+def test_forward_store_dot_products_match_brute_force(tmp_path):
+    vectors = random_vectors(300, 120)
+    writer = ForwardWriter(tmp_path / "forward")
+    ids = [f"doc-{i:04d}" for i in range(len(vectors))][::-1]  # not in sorted order
+    kept = [(docid, vector) for docid, vector in zip(ids, vectors) if vector]
+    for docid, vector in kept:
+        writer.add(docid, top_terms(vector, None))
+    record = writer.finish()
+    assert record["documents"] == len(kept)
+    store = ForwardStore(tmp_path / "forward")
+    query = {"t1": 5, "t7": 300, "t50": 2, "absent": 9}
+    docids = [docid for docid, _ in kept]
+    assert store.scores(query, store.rows(docids)).tolist() == [dot(query, vector) for _, vector in kept]
+    assert store.vector(docids[3]) == kept[3][1]
+    assert list(store.vector(docids[3]).values()) == sorted(kept[3][1].values(), reverse=True)
+    with pytest.raises(ConsistencyError, match="not in the forward store"):
+        store.rows(["missing"])
+    maxima = pruned_maxima(store, 5, chunk=7)
+    for term, term_id in store.term_ids.items():
+        pruned = [w for _, v in kept for t, w in top_terms(v, None)[5:] if t == term]
+        assert maxima[term_id] == max(pruned, default=0)
+
+
+def test_service_searches_two_step_when_asked(built, queries, tmp_path):
+    from pipeline.service.backend import check_indexes, close_indexes, open_indexes
+
+    served = open_indexes({"demo": built[1]}, threads=1, two_step=True)
+    try:
+        index = served["demo"]
+        assert index.describe()["two_step"]["pruning"]["postings_per_doc"] == 16
+        found = index.search(queries, 10)
+    finally:
+        close_indexes(served)
+    searcher = TwoStepSearcher(built[1])
+    try:
+        assert found == searcher.search(queries, 10)[0]
+    finally:
+        searcher.close()
+    plain = tmp_path / "plain"
+    shutil.copytree(built[1], plain, ignore=shutil.ignore_patterns("two-step"))
+    with pytest.raises(InputError, match="no two-step companion"):
+        check_indexes({"plain": plain}, two_step=True)
+    with pytest.raises(ConsistencyError, match="pruned first-stage index"):
+        check_indexes({"first": companion_folder(built[1]) / "first-stage"})
+
+
+def test_exhaustive_rerun_removes_the_two_step_side_file(built, tmp_path):
+    run = tmp_path / "run.txt"
+    stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, two_step=TwoStepOptions(), **QUIET)
+    assert side_file(run).is_file()
+    stages.search(built[1], run, DEMO_DATA / "queries.jsonl", hits=10, overwrite=True, **QUIET)
+    assert not side_file(run).exists()
+
+
+@pytest.mark.slow  # a whole run: encode, index, companion, search, evaluate
+def test_run_two_step_names_its_run_and_records_its_settings(tmp_path):
+    from pipeline.experiment import run_dataset
+
+    result = run_dataset(DEMO_DATA, name="demo", root=tmp_path, hits=20, progress=False, say=lambda text: None,
+                         two_step=TwoStepOptions(candidates=40, query_terms=None), prune_docs=24)
+    assert result["run"].endswith("run.demo.splade-tiny-two-step.test.txt")
+    assert result["two_step"]["prune_docs"] == 24
+    assert result["two_step"]["two_step"] == {"candidates": 40, "query_terms": None}
+    record = json.loads((tmp_path / "indexes" / "demo.splade-tiny" / "two-step" / "two-step.json").read_text())
+    assert record["pruning"]["postings_per_doc"] == 24
+    with pytest.raises(PipelineError, match="--prune-docs needs --two-step"):
+        run_dataset(DEMO_DATA, name="demo", root=tmp_path, prune_docs=24, progress=False, say=lambda text: None)
