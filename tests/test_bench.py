@@ -103,6 +103,15 @@ FIGURES: dict[str, dict[str, object]] = {
         "by_size/2000/index/result/counters/indexed": 2000, "by_size/2000/index/result/counters/errors": 0,
         "by_size/2000/lucene/result/queries": 7, "by_size/2000/lucene/result/k=10/latency_1_thread/p50_ms": TIME,
         "by_size/2000/seismic/result/k=10/0/recall@10": UNIT, "growth/1/figure": "index size, MB",
+        "by_size/2000/companion/result/prune_docs": 128, "by_size/2000/companion/result/companion_mb": TIME,
+        "by_size/2000/two_step/result/queries": 7, "by_size/2000/two_step/result/settings/0/recall@10": UNIT,
+        "by_size/2000/two_step/result/settings/0/latency_1_thread/p50_ms": TIME,
+    },
+    "two_step.smoke.json": {
+        "results/demo/documents": 40, "results/demo/queries": 10, "results/demo/exhaustive/nDCG@10": UNIT,
+        "results/demo/rows/0/nDCG@10": UNIT, "results/demo/rows/0/delta_nDCG@10": SIGNED,
+        "results/demo/rows/0/recall@10_vs_exhaustive": UNIT, "results/demo/rows/0/could_miss_share": UNIT,
+        "results/demo/rows/0/candidates_mean": Between(0, 10),  # at most the row's k' (10)
     },
     "ray_encode.smoke.json": {
         "model": "splade-tiny", "shard_size": 10, "ray_workers": 2, "collections_identical": True,
