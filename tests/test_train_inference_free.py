@@ -121,3 +121,36 @@ def test_inference_free_needs_documents(tmp_path):
         train([Triple("q", "p", "n")], tmp_path / "m", progress=False, documents=iter([]),
               settings=TrainSettings(batch_size=1, max_steps=1, inference_free=True))
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_an_inference_free_model_with_idf_over_the_corpus(tmp_path):
+    from pipeline.cli import main
+
+    triples = tmp_path / "triples.jsonl"
+    triples.write_text("".join(json.dumps({"query": f"coral reef {i}", "positive": f"coral reefs bleach {i}",
+                                           "negative": f"desert sand {i}"}) + "\n" for i in range(4)))
+    output = tmp_path / "model"
+    code = main(["train", "--output", str(output), "--triples", str(triples), "--corpus",
+                 str(DEMO_DATA / "corpus.jsonl"), "--inference-free", "--batch-size", "2", "--max-steps", "1",
+                 "--max-length", "32", "--quiet"])
+    assert code == 0
+    record = json.loads((output / "training.json").read_text())
+    corpus_size = len((DEMO_DATA / "corpus.jsonl").read_text().splitlines())
+    assert record["query_weights"]["documents"] == corpus_size  # the corpus, not the triples' 8 texts
+    assert (output / "query_0_SparseStaticEmbedding").is_dir() and (output / "document_0_Transformer").is_dir()
+    # train again with --overwrite: the Router folder is recognised as train's own output
+    assert main(["train", "--output", str(output), "--triples", str(triples), "--inference-free",
+                 "--batch-size", "2", "--max-steps", "1", "--max-length", "32", "--overwrite", "--quiet"]) == 0
+    assert json.loads((output / "training.json").read_text())["query_weights"]["documents"] == 8
+
+
+@pytest.mark.parametrize("option, value", [("--query-learning-rate", "0"), ("--batches", "random")])
+def test_bad_training_options_are_one_line(tmp_path, capsys, option, value):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--output", str(tmp_path / "m"), "--triples", str(tmp_path / "t.jsonl"), option, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and option in err[0]
+    assert not (tmp_path / "m").exists()
