@@ -12,7 +12,7 @@ negatives, one per judged pair) with the README command's settings (``--epochs``
 * ``inference_free``: ``train --inference-free``: queries as IDF-initialised wordpiece weights,
   trained with the document encoder (IDF counted over the SciFact corpus).
 
-Scored two ways:
+Scored two ways, each scoring in its own process, all at once:
 
 * ``pipeline``: ``run`` (encode, quantise, Lucene impact index, search, evaluate) for the
   symmetric models: the figures the README quotes.
@@ -21,7 +21,11 @@ Scored two ways:
   ``encode``'s encoder, the queries as the trained table's weights of their distinct wordpieces),
   beside the symmetric models and the untrained IDF query side over splade-tiny's documents.
 
-    python bench/train.py [--epochs 2] [--threads 1] [--lambdas 0 0.01 0.1]
+The result file is written after each figure (``"complete": false`` until the last), so a run
+cut short keeps what it measured; ``--workdir`` keeps the trained models, and the same command
+run again with it reuses the finished trainings and measures again.
+
+    python bench/train.py [--epochs 2] [--threads 1] [--workdir DIR] [--lambdas 0 0.01 0.1]
     python bench/train.py --smoke      # the demo corpus, a few steps: checks the script works
 """
 
@@ -48,7 +52,10 @@ def main() -> int:
     parser.add_argument("--lambdas", type=float, nargs="*", default=[], help="lambda_d sweep of the trainer")
     parser.add_argument("--sweep-epochs", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training process")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse_hidden())
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep triples, trained models and runs here (default: a temporary folder); "
+                             "run again with it, trainings already finished there are reused")
+    parser.add_argument("--worker", choices=(*VARIANTS, "pipeline", "exact"), help=argparse_hidden())
     parser.add_argument("--job", type=Path, help=argparse_hidden())
     args = parser.parse_args()
     if args.worker:
@@ -69,7 +76,7 @@ def main() -> int:
         base_settings, epochs = TrainSettings(), args.epochs
     if not old_available():
         raise SystemExit(f"commit {OLD_COMMIT} is not in this clone's history: the old loop cannot run")
-    result: dict = {"dataset": dataset.name, "threads_per_training": threads,
+    result: dict = {"dataset": dataset.name, "threads_per_training": threads, "complete": False,
                     "scoring": {"pipeline": "run: encode, quantise (scale 100), Lucene impact index, search, "
                                             "evaluate", "exact": "float vectors, brute-force sparse dot "
                                 "product (pipeline.reference.exact_run), the same remove-query rule; "
@@ -77,55 +84,67 @@ def main() -> int:
                                 "wordpieces (no special tokens), as sentence-transformers' "
                                 "SparseStaticEmbedding computes them"}}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        root = Path(scratch)
-        triples = mine_triples(queries, qrels, dataset / "corpus.jsonl", negatives="bm25", workdir=root,
-                               threads=2)
+        root = args.workdir or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
         triples_file = root / "triples.jsonl"
-        triples_file.write_text("".join(json.dumps({"query": t.query, "positive": t.positive,
-                                                    "negative": t.negative}) + "\n" for t in triples))
-        result["triples"] = len(triples)
+        if not triples_file.is_file():  # a --workdir of an earlier run keeps its triples
+            triples = mine_triples(queries, qrels, dataset / "corpus.jsonl", negatives="bm25", workdir=root,
+                                   threads=2)
+            text = "".join(json.dumps({"query": t.query, "positive": t.positive, "negative": t.negative}) + "\n"
+                           for t in triples)
+            (root / "triples.jsonl.tmp").write_text(text)
+            (root / "triples.jsonl.tmp").replace(triples_file)
+        result["triples"] = len(triples_file.read_text().splitlines())
         settings = asdict(base_settings) | {"epochs": epochs}
         result["settings"] = settings
 
         log(f"training {', '.join(VARIANTS)} at once: {epochs} epochs each")
-        jobs = {variant: start_worker(variant, root, triples_file, root / variant, dataset, settings, threads)
+        own = {variant: settings | {"inference_free": variant == "inference_free"} for variant in VARIANTS}
+        jobs = {variant: start_worker(variant, root, triples_file, root / variant, dataset, own[variant], threads)
                 for variant in VARIANTS}
-        log("base model")
-        scorer = Scorer(dataset)
-        base_docs = scorer.documents(None)
-        result["base"] = {"pipeline": pipeline_figures(dataset, None, root / "eval-base"),
-                          "exact": scorer.symmetric(None, base_docs)}
-        result["idf_queries_base_documents"] = {"exact": scorer.static(scorer.corpus_idf(), base_docs),
-                                                "note": "untrained: IDF over the corpus as query weights"}
         for variant, job in jobs.items():
-            summary = finish_worker(variant, job)
-            log(f"scoring {variant}")
-            folder = root / variant
-            entry = {"training": summary}
-            if variant == "inference_free":
-                documents = scorer.documents(str(folder / "document_0_Transformer"))
-                entry["exact"] = scorer.static(trained_query_weights(folder), documents)
-            else:
-                entry["pipeline"] = pipeline_figures(dataset, str(folder), root / f"eval-{variant}")
-                entry["exact"] = scorer.symmetric(str(folder), scorer.documents(str(folder)))
-            result[variant] = entry
-        result["trainer_minus_old_loop_nDCG@10"] = round(
-            result["trainer"]["pipeline"]["nDCG@10"] - result["old_loop"]["pipeline"]["nDCG@10"], 4)
-        result["inference_free_minus_trainer_exact_nDCG@10"] = round(
-            result["inference_free"]["exact"]["nDCG@10"] - result["trainer"]["exact"]["nDCG@10"], 4)
-        result["inference_free_minus_idf_untrained_exact_nDCG@10"] = round(
-            result["inference_free"]["exact"]["nDCG@10"] - result["idf_queries_base_documents"]["exact"]["nDCG@10"],
-            4)
+            result[variant] = {"training": finish_worker(variant, job, own[variant])}
+
+        def record(key: str, value) -> None:  # each figure is written as it comes: a long run keeps what it got
+            result[key] = value
+            common.write_result("train", result, args, threads)
+
+        log("scoring, each in its own process: the trainer, the old loop and the base model through the "
+            "pipeline; the inference-free model, the trainer and IDF queries over splade-tiny's documents exactly")
+        free = str(root / "inference_free")
+        scoring = {("trainer", "pipeline"): start_scoring("pipeline", dataset, root / "eval-trainer",
+                                                         str(root / "trainer")),
+                   ("old_loop", "pipeline"): start_scoring("pipeline", dataset, root / "eval-old_loop",
+                                                          str(root / "old_loop")),
+                   ("inference_free", "exact"): start_scoring("exact", dataset, root / "exact-inference_free",
+                                                              f"{free}/document_0_Transformer", queries=free),
+                   ("trainer", "exact"): start_scoring("exact", dataset, root / "exact-trainer",
+                                                       str(root / "trainer")),
+                   ("idf_queries_base_documents", "exact"): start_scoring("exact", dataset, root / "exact-idf",
+                                                                          None, queries="idf"),
+                   ("base", "pipeline"): start_scoring("pipeline", dataset, root / "eval-base", None)}
+        result["idf_queries_base_documents"] = {"note": "untrained: IDF over the corpus as query weights"}
+        result["base"] = {}
+        for (name, how), job in scoring.items():
+            record(name, result[name] | {how: finish_scoring(f"{name} ({how})", job)})
+        record("trainer_minus_old_loop_nDCG@10",
+               round(result["trainer"]["pipeline"]["nDCG@10"] - result["old_loop"]["pipeline"]["nDCG@10"], 4))
+        for other in ("trainer", "idf_queries_base_documents"):
+            record(f"inference_free_minus_{other}_exact_nDCG@10",
+                   round(result["inference_free"]["exact"]["nDCG@10"] - result[other]["exact"]["nDCG@10"], 4))
 
         sweep = []
         for lam in args.lambdas:
             log(f"lambda_d = {lam}")
             folder = root / f"lambda-{lam}"
-            finish_worker("trainer", start_worker("trainer", root, triples_file, folder, dataset,
-                                                  settings | {"epochs": args.sweep_epochs, "lambda_d": lam}, threads))
-            sweep.append({"lambda_d": lam, **pipeline_figures(dataset, str(folder), root / f"eval-{lam}")})
+            lam_settings = settings | {"epochs": args.sweep_epochs, "lambda_d": lam}
+            finish_worker("trainer", start_worker("trainer", root, triples_file, folder, dataset, lam_settings,
+                                                  threads), lam_settings)
+            sweep.append({"lambda_d": lam, **finish_scoring(f"lambda {lam}", start_scoring(
+                "pipeline", dataset, root / f"eval-{lam}", str(folder)))})
         if sweep:
             result["lambda_sweep"] = {"epochs": args.sweep_epochs, "points": sweep}
+        result["complete"] = True
     common.write_result("train", result, args, threads)
     return 0
 
@@ -138,13 +157,41 @@ def argparse_hidden():
 
 # -- scoring -------------------------------------------------------------------------------------
 
-def pipeline_figures(dataset: Path, encoder: str | None, root: Path) -> dict:
+def start_scoring(how: str, dataset: Path, root: Path, encoder: str | None, queries: str | None = None):
+    """Figures of ``encoder`` on the test split in a child process: ``pipeline`` (``run``) or ``exact``.
+
+    ``exact`` takes the queries from ``encoder`` itself, or as weighted wordpieces: ``idf`` (IDF over
+    the corpus) or the query table of the inference-free model folder ``queries``.
+    """
+    job = root.with_name(f"job-{root.name}.json")
+    job.write_text(json.dumps({"dataset": str(dataset), "encoder": encoder, "root": str(root), "queries": queries}))
+    return spawn(how, job, root.with_name(f"{root.name}.log"))
+
+
+def finish_scoring(name: str, job: tuple[subprocess.Popen, Path]) -> dict:
+    process, log = job
+    out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"scoring {name} failed:\n{log.read_text()[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pipeline_figures(job: dict) -> dict:
     from pipeline.experiment import run_dataset
 
-    result = run_dataset(dataset, encoder, root=root, threads=2, overwrite=True, progress=False,
-                         say=lambda text: None)
+    result = run_dataset(Path(job["dataset"]), job["encoder"], root=Path(job["root"]), threads=2, overwrite=True,
+                         progress=False, say=lambda text: None)
     return {"nDCG@10": round(result["metrics"]["nDCG@10"], 4), "R@100": round(result["metrics"]["R@100"], 4),
             "postings_per_doc": result["postings_per_doc"]}
+
+
+def exact_figures(job: dict) -> dict:
+    scorer = Scorer(Path(job["dataset"]))
+    documents = scorer.documents(job["encoder"])
+    if job["queries"] is None:
+        return scorer.symmetric(documents)
+    weights = scorer.corpus_idf() if job["queries"] == "idf" else trained_query_weights(Path(job["queries"]))
+    return scorer.static(weights, documents)
 
 
 class Scorer:
@@ -177,7 +224,7 @@ class Scorer:
         frequencies, count = document_frequencies(tokenizer, (d.text for d in self.docs), len(tokenizer.get_vocab()))
         return bm25_idf(frequencies, count)
 
-    def symmetric(self, encoder: str | None, documents) -> dict:
+    def symmetric(self, documents) -> dict:
         model, vectors = documents
         queries = model.encode_queries(model.tokenize(list(self.topics.values())))  # as the search stage
         return self.figures(vectors, queries, model.vocab_size)
@@ -227,24 +274,37 @@ def start_worker(variant: str, root: Path, triples: Path, output: Path, dataset:
     job = root / f"job-{output.name}.json"
     job.write_text(json.dumps({"triples": str(triples), "output": str(output), "settings": settings,
                                "threads": threads, "corpus": str(dataset / "corpus.jsonl")}))
-    log = root / f"{output.name}.log"
+    return spawn(variant, job, root / f"{output.name}.log")
+
+
+def spawn(kind: str, job: Path, log: Path) -> tuple[subprocess.Popen, Path]:
+    """This script as a ``--worker`` child: its summary comes back on stdout, its messages go to ``log``."""
     with open(log, "w") as errors:
-        process = subprocess.Popen([sys.executable, __file__, "--worker", variant, "--job", str(job)],
+        process = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--job", str(job)],
                                    stdout=subprocess.PIPE, stderr=errors, text=True)
     return process, log
 
 
-def finish_worker(variant: str, job: tuple[subprocess.Popen, Path]) -> dict:
+def finish_worker(variant: str, job: tuple[subprocess.Popen, Path], settings: dict) -> dict:
+    """The worker's summary; a training reused from --workdir must have been made with these settings."""
     process, log = job
     out, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"{variant} training failed:\n{log.read_text()[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(out.strip().splitlines()[-1])
+    other = {k: v for k, v in summary["settings"].items() if k in settings and settings[k] != v}
+    if other:
+        raise SystemExit(f"{variant}: the workdir holds a training with other settings ({other}); "
+                         "use another --workdir")
+    return {k: v for k, v in summary.items() if k != "settings"}
 
 
 def worker(variant: str, job_file: Path) -> int:
     """Train as ``splade-pipeline train`` would (trainer, inference_free), or with the old loop (old_loop)."""
     job = json.loads(job_file.read_text())
+    if variant in SCORINGS:
+        print(json.dumps(SCORINGS[variant](job)))
+        return 0
     extra = {}
     if variant == "old_loop":
         module = old_module()
@@ -253,14 +313,13 @@ def worker(variant: str, job_file: Path) -> int:
         from pipeline.readers import read_corpus
         from pipeline.train import TrainSettings, read_triples, train
 
-        if variant == "inference_free":
-            job["settings"]["inference_free"] = True
+        if job["settings"].get("inference_free"):
             extra["documents"] = (doc.text for _, doc in read_corpus(Path(job["corpus"])))
     settings = TrainSettings(**{k: v for k, v in job["settings"].items()
                                 if k in TrainSettings.__dataclass_fields__})
     summary = train(read_triples(Path(job["triples"])), Path(job["output"]), settings=settings,
                     threads=job["threads"], save_steps=10_000, progress=False, say=lambda text: None, **extra)
-    print(json.dumps({"steps": summary["steps"], "final": summary.get("final"),
+    print(json.dumps({"steps": summary["steps"], "final": summary.get("final"), "settings": summary["settings"],
                       **({"query_weights": summary["query_weights"]} if "query_weights" in summary else {})}))
     return 0
 
@@ -284,6 +343,8 @@ def old_module():
     exec(compile(source, f"{OLD_COMMIT}:pipeline/train.py", "exec"), module.__dict__)
     return module
 
+
+SCORINGS = {"pipeline": pipeline_figures, "exact": exact_figures}
 
 if __name__ == "__main__":
     raise SystemExit(main())
