@@ -6,12 +6,17 @@ through Anserini, or random ones). Training runs on sentence-transformers' ``Spa
 ``torchrun``, checkpoints it resumes from). The loss is ``SpladeLoss``: a ranking loss (in-batch
 contrastive, or margin-MSE against teacher scores) plus FLOPS or L1 regularisation of queries and
 documents with separate lambdas, each raised quadratically over the first steps
-(``pipeline.training.objectives``). The model is the masked-LM with the tiled max pooling that
-encoding uses (``pipeline.training.modules``), so training never holds a batch x length x
-vocabulary tensor and a trained checkpoint encodes as the trainer scored it.
+(``pipeline.training.objectives``). Batches and learning rates follow the hand-written loop the
+trainer replaced (``pipeline.training.schedule``). The model is the masked-LM with the tiled max
+pooling that encoding uses (``pipeline.training.modules``), so training never holds a batch x
+length x vocabulary tensor and a trained checkpoint encodes as the trainer scored it. With
+``inference_free`` the queries take another route: a weight per wordpiece, started from IDF
+(``pipeline.training.idf``) and trained at its own learning rate, with no transformer at query time.
 
 The output folder is a Hugging Face masked-LM checkpoint with its tokenizer, which ``encode`` and
-``search`` take as ``--encoder`` (and sentence-transformers' ``SparseEncoder`` loads too), plus
+``search`` take as ``--encoder`` (and sentence-transformers' ``SparseEncoder`` loads too; an
+inference-free model is sentence-transformers' ``Router`` folder, its documents' masked-LM in
+``document_0_Transformer/``), plus
 ``training.json`` and ``train_log.jsonl``. A run saves a checkpoint every ``--save-steps`` under
 ``checkpoint/`` and resumes from the last one when started again with the same output folder.
 """
