@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triples", type=Path, help='JSONL {"query", "positive", "negative"[, "scores": [pos, neg]]}')
     p.add_argument("--queries", type=Path, help="or mine triples: BEIR queries.jsonl or TSV topics ...")
     p.add_argument("--qrels", type=Path, help="... judgments (relevant pairs become positives) ...")
-    p.add_argument("--corpus", type=Path, help="... and the corpus the documents come from")
+    p.add_argument("--corpus", type=Path, help="... and the corpus the documents come from "
+                   "(with --triples: the documents --inference-free counts IDF over)")
     p.add_argument("--negatives", choices=("bm25", "random"), default="bm25", help="mined negatives (default bm25)")
     p.add_argument("--loss", choices=("contrastive", "margin-mse"), default="contrastive",
                    help="in-batch contrastive (v1) or margin-MSE distillation (v2, needs teacher scores)")
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=integer(0), default=13)
     p.add_argument("--gradient-accumulation-steps", type=COUNT, default=1,
                    help="batches per optimiser step (default 1); in-batch negatives stay within a batch")
+    p.add_argument("--batches", choices=("shuffle", "no-duplicates"), default="shuffle",
+                   help="batch order: shuffle (default; seeded per epoch, as the loop before the trainer) or "
+                        "no-duplicates (sentence-transformers' sampler: no text twice in a batch)")
+    p.add_argument("--inference-free", action="store_true",
+                   help="queries as IDF-weighted wordpieces trained with the documents (sentence-transformers' "
+                        "Router with SparseStaticEmbedding); no transformer at query time")
+    p.add_argument("--query-learning-rate", type=POSITIVE, default=1e-3,
+                   help="learning rate of the inference-free query weights (default 1e-3)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda, cuda:N, mps, or auto; several GPUs: launch with torchrun (DDP)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
@@ -356,10 +365,16 @@ def _run(args: argparse.Namespace) -> int:
         settings = train.TrainSettings(
             args.pooling, args.loss, args.regulariser, args.lambda_q, args.lambda_d, args.lambda_warmup_steps,
             args.learning_rate, args.warmup_steps, args.batch_size, args.epochs, args.max_steps,
-            args.query_max_length, args.max_length, args.seed, args.gradient_accumulation_steps)
+            args.query_max_length, args.max_length, args.seed, args.gradient_accumulation_steps,
+            batches=args.batches, inference_free=args.inference_free, query_learning_rate=args.query_learning_rate)
+        documents = None
+        if args.inference_free and args.corpus:
+            from pipeline.readers import read_corpus
+
+            documents = (doc.text for _, doc in read_corpus(args.corpus))
         summary = train.train(triples, args.output, args.encoder, settings, args.threads, args.save_steps,
                               args.max_minutes, args.overwrite, progress, device=args.device,
-                              precision=args.precision)
+                              precision=args.precision, documents=documents)
         print(json.dumps(summary, indent=2))
     elif args.command == "run":
         from pipeline.experiment import results_table, run_dataset

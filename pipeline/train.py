@@ -6,12 +6,17 @@ through Anserini, or random ones). Training runs on sentence-transformers' ``Spa
 ``torchrun``, checkpoints it resumes from). The loss is ``SpladeLoss``: a ranking loss (in-batch
 contrastive, or margin-MSE against teacher scores) plus FLOPS or L1 regularisation of queries and
 documents with separate lambdas, each raised quadratically over the first steps
-(``pipeline.training.objectives``). The model is the masked-LM with the tiled max pooling that
-encoding uses (``pipeline.training.modules``), so training never holds a batch x length x
-vocabulary tensor and a trained checkpoint encodes as the trainer scored it.
+(``pipeline.training.objectives``). Batches and learning rates follow the hand-written loop the
+trainer replaced (``pipeline.training.schedule``). The model is the masked-LM with the tiled max
+pooling that encoding uses (``pipeline.training.modules``), so training never holds a batch x
+length x vocabulary tensor and a trained checkpoint encodes as the trainer scored it. With
+``inference_free`` the queries take another route: a weight per wordpiece, started from IDF
+(``pipeline.training.idf``) and trained at its own learning rate, with no transformer at query time.
 
 The output folder is a Hugging Face masked-LM checkpoint with its tokenizer, which ``encode`` and
-``search`` take as ``--encoder`` (and sentence-transformers' ``SparseEncoder`` loads too), plus
+``search`` take as ``--encoder`` (and sentence-transformers' ``SparseEncoder`` loads too; an
+inference-free model is sentence-transformers' ``Router`` folder, its documents' masked-LM in
+``document_0_Transformer/``), plus
 ``training.json`` and ``train_log.jsonl``. A run saves a checkpoint every ``--save-steps`` under
 ``checkpoint/`` and resumes from the last one when started again with the same output folder.
 """
@@ -25,7 +30,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pipeline import losses, models, outputs
 from pipeline.collection import read_json, write_json
@@ -35,6 +40,7 @@ from pipeline.readers import iter_lines, json_record, read_corpus, read_qrels, r
 
 CHECKPOINT = "checkpoint"
 MAX_TEACHER_SCORE = 1e18  # the square of a larger margin overflows float32 (3.4e38): the loss turns inf/NaN
+BATCH_ORDERS = ("shuffle", "no-duplicates")  # the old loop's seeded shuffle; sentence-transformers' NO_DUPLICATES
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class TrainSettings:
     doc_max_length: int = 256
     seed: int = 13
     gradient_accumulation_steps: int = 1  # batches per optimiser step
+    batches: str = "shuffle"  # or "no-duplicates" (pipeline.training.schedule)
+    inference_free: bool = False  # queries: IDF-initialised weights per wordpiece (no transformer at query time)
+    query_learning_rate: float = 1e-3  # of those weights (inference-free only)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -126,11 +135,12 @@ def mine_triples(queries: Path, qrels: Path, corpus: Path, negatives: str = "bm2
 
 # -- the run ----------------------------------------------------------------------------------
 
-TRAINING_ENTRY = re.compile(  # what train writes into --output: the checkpoint files, its log and records
+CHECKPOINT_FILE = (  # a model folder's files: Hugging Face's and sentence-transformers' (Router routes too)
     r"(?:config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|training)\.json"
     r"|model(?:-\d+-of-\d+)?\.safetensors(?:\.index\.json)?|pytorch_model[^/]*\.bin|vocab\.txt"
-    r"|(?:modules|config_sentence_transformers|sentence_bert_config|processor_config)\.json"
-    r"|\d+_[A-Za-z]+/(?:config\.json)?"
+    r"|(?:modules|config_sentence_transformers|sentence_bert_config|processor_config|router_config)\.json")
+TRAINING_ENTRY = re.compile(  # what train writes into --output: the checkpoint files, its log and records
+    rf"{CHECKPOINT_FILE}|\d+_[A-Za-z]+/(?:config\.json)?|(?:query|document)_\d+_[A-Za-z]+/(?:{CHECKPOINT_FILE})?"
     r"|train_log\.jsonl|checkpoint(?:\.tmp)?/(?:.*)?|\.[^/]+\.\d+\.tmp")
 
 
@@ -167,14 +177,21 @@ def as_dataset(triples: list[Triple], loss: str):
 def train(triples: list[Triple], output: Path, encoder: str | None = None, settings: TrainSettings | None = None,
           threads: int | None = None, save_steps: int = 50, max_minutes: float | None = None,
           overwrite: bool = False, progress: bool = True, say=lambda text: print(text, file=sys.stderr),
-          device: str | None = "cpu", precision: str | None = None) -> dict[str, Any]:
-    """Fine-tune and write a checkpoint folder; resumes from ``output/checkpoint`` when present."""
+          device: str | None = "cpu", precision: str | None = None,
+          documents: Iterable[str] | None = None) -> dict[str, Any]:
+    """Fine-tune and write a checkpoint folder; resumes from ``output/checkpoint`` when present.
+
+    With ``settings.inference_free`` the query weights start as IDF over ``documents`` (the corpus
+    the model will search; default: the distinct documents of the triples).
+    """
     from pipeline import devices
 
     settings = settings or TrainSettings()
     output = outputs.resolved(output)
     if settings.loss not in ("contrastive", "margin-mse") or settings.regulariser not in losses.REGULARISERS:
         raise PipelineError(f"unknown loss {settings.loss!r} or regulariser {settings.regulariser!r}")
+    if settings.batches not in BATCH_ORDERS:
+        raise PipelineError(f"batches must be one of {', '.join(BATCH_ORDERS)}, got {settings.batches!r}")
     placement = devices.resolve(device, precision)
     ours = outputs.check_folder(output, "--output", "a trained model", TRAINING_ENTRY.fullmatch, _is_training_output)
     if overwrite and ours:  # only what train wrote: check_folder refused anything else
@@ -203,9 +220,15 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
     torch.set_num_threads(threads or default_threads())
     from pipeline.training import callbacks, modules, objectives
 
-    model = modules.splade_model(base.location, settings.pooling, settings.query_max_length,
-                                 settings.doc_max_length)
-    loss = objectives.splade_loss(model, settings.loss, settings.regulariser, settings.lambda_q, settings.lambda_d)
+    idf_documents = None
+    if settings.inference_free:
+        model, idf_documents = _inference_free_model(base.location, settings, triples, documents)
+    else:
+        model = modules.splade_model(base.location, settings.pooling, settings.query_max_length,
+                                     settings.doc_max_length)
+    # an inference-free query is its own wordpieces: its size is the query's, nothing to regularise
+    lambda_q = 0.0 if settings.inference_free else settings.lambda_q
+    loss = objectives.splade_loss(model, settings.loss, settings.regulariser, lambda_q, settings.lambda_d)
     log = callbacks.TrainLog(output / "train_log.jsonl", loss.query_regularizer, loss.document_regularizer,
                              progress)
     deadline = callbacks.Deadline(max_minutes) if max_minutes is not None else None
@@ -230,19 +253,46 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
     summary = {"base_encoder": base.describe(), "settings": asdict(settings), "triples": len(triples),
                "triples_sha256": digest, "steps": step, "device": placement.describe(), "final": log.last,
                "finished": True}
+    if settings.inference_free:
+        summary["query_weights"] = {"start": "idf", "formula": "log(1 + (N - df + 0.5) / (df + 0.5))",
+                                    "documents": idf_documents}
     write_json(output / "training.json", summary)
     outputs.remove_owned(checkpoint, lambda name: True)
     return summary
 
 
+def _inference_free_model(location: str, settings: TrainSettings, triples: list[Triple],
+                          documents: Iterable[str] | None):
+    """The Router model with IDF query weights, and how many documents the IDF was counted over."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.training import idf, modules
+
+    if documents is None:
+        documents = list(dict.fromkeys(text for t in triples for text in (t.positive, t.negative)))
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    frequencies, counted = idf.document_frequencies(tokenizer, documents, len(tokenizer.get_vocab()))
+    if counted == 0:
+        raise PipelineError("inference-free training needs documents to count IDF over; none were given")
+    weights = torch.from_numpy(idf.bm25_idf(frequencies, counted))
+    return modules.inference_free_model(location, weights, settings.pooling, settings.doc_max_length), counted
+
+
 def _trainer(model, loss, dataset, settings: TrainSettings, steps: int, save_steps: int, checkpoint: Path,
              placement, extra_callbacks: list):
-    """The SparseEncoderTrainer with this project's schedule: AdamW, linear warm-up and decay, clipping at 1."""
+    """The SparseEncoderTrainer with this project's schedule: AdamW, linear warm-up and decay, clipping at 1.
+
+    Batches and learning rates follow ``pipeline.training.schedule`` (the hand-written loop's order
+    and warm-up); ``--batches no-duplicates`` takes sentence-transformers' sampler instead.
+    """
     import torch
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
     from sentence_transformers.sparse_encoder.model_card import SparseEncoderModelCardCallback
     from transformers import PrinterCallback, ProgressCallback
+
+    from pipeline.training import schedule
 
     if placement.kind == "cuda" and placement.device.index is not None:
         torch.cuda.set_device(placement.device)  # the Trainer runs on the current CUDA device
@@ -253,11 +303,11 @@ def _trainer(model, loss, dataset, settings: TrainSettings, steps: int, save_ste
         seed=settings.seed, data_seed=settings.seed, logging_steps=1, save_strategy="steps", save_steps=save_steps,
         save_total_limit=1, report_to="none", use_cpu=placement.kind == "cpu",
         fp16=placement.precision == "fp16", bf16=placement.precision == "bf16", dataloader_drop_last=True,
-        batch_sampler=BatchSamplers.NO_DUPLICATES if settings.loss == "contrastive" else BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=schedule.EpochShuffle if settings.batches == "shuffle" else BatchSamplers.NO_DUPLICATES,
         router_mapping={"query": "query", "positive": "document", "negative": "document"},
-        disable_tqdm=True)
-    trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                   callbacks=extra_callbacks)
+        learning_rate_mapping=_query_learning_rate(model, settings), disable_tqdm=True)
+    trainer = schedule.trainer_class()(model=model, args=args, train_dataset=dataset, loss=loss,
+                                       callbacks=extra_callbacks)
     # TrainLog shows progress and writes the log; no model card (it encodes examples at every save)
     for quiet in (PrinterCallback, ProgressCallback, SparseEncoderModelCardCallback):
         trainer.remove_callback(quiet)
@@ -283,6 +333,14 @@ def _saved(path: Path) -> dict[str, Any]:
         raise InputError(path, f"expected a JSON object, got {type(value).__name__}; use --overwrite to start "
                                "again")
     return value
+
+
+def _query_learning_rate(model, settings: TrainSettings) -> dict[str, float]:
+    """The inference-free query weights train at their own rate (sentence-transformers' recipe)."""
+    from pipeline.training.modules import query_weight_parameter
+
+    name = query_weight_parameter(model)
+    return {re.escape(name) + "$": settings.query_learning_rate} if name else {}
 
 
 def _check_state(folder: Path, settings: TrainSettings, base, digest: str) -> tuple[Path, int] | None:

@@ -88,6 +88,12 @@ def figure(record: dict, path: str):
 
 # result file name -> {figure path: expected value, or a range}; the smoke inputs fix the counts.
 FIGURES: dict[str, dict[str, object]] = {
+    "query_sides.smoke.json": {
+        "encoder": "splade-tiny", "datasets/demo/documents": 40, "datasets/demo/queries": 10,
+        **{f"datasets/demo/sides/{side}/{key}": UNIT for side in ("model", "tokens", "idf")
+           for key in ("nDCG@10", "R@100")},
+        **{f"datasets/demo/sides/{side}/queries_without_terms": 0 for side in ("model", "tokens", "idf")},
+    },
     "serve.smoke.json": {
         "dataset": "demo", "documents": 40, "encoder": "splade-tiny", "errors": 0,
         "latency/k10/queries": 10, "latency/k10/errors": 0, "latency/k10/p50_ms": TIME,

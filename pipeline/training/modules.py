@@ -13,6 +13,10 @@ masked-LM's alone and a saved checkpoint is exactly what ``--encoder`` loads. A 
 from disk without that reference (sentence-transformers' own ``SparseEncoder(folder)``, whose
 decoder is intact) pools the logits it is given, as ``SpladePooling`` does; the final model is
 saved with ``SpladePooling`` itself (``save_plain``).
+
+``inference_free_model`` puts the same chain on the document route of a ``Router`` whose query
+route is a ``SparseStaticEmbedding`` (one trainable weight per wordpiece): sentence-transformers'
+inference-free SPLADE, trained by the same trainer and saved in the library's own layout.
 """
 
 from __future__ import annotations
@@ -71,6 +75,45 @@ def splade_model(location: str, pooling: str = "max", query_max_length: int = 64
     (the trainer tokenises the ``query`` column as task "query", the others as "document").
     """
     from sentence_transformers import SparseEncoder
+
+    return SparseEncoder(modules=_splade_chain(location, pooling, query_max_length, doc_max_length), device="cpu")
+
+
+def inference_free_model(location: str, query_weights: torch.Tensor, pooling: str = "max",
+                         doc_max_length: int = 256):
+    """A ``SparseEncoder`` whose queries are weighted wordpieces and whose documents are SPLADE's.
+
+    sentence-transformers' inference-free shape: a ``Router`` whose query route is one
+    ``SparseStaticEmbedding`` (a trainable weight per vocabulary entry, started from
+    ``query_weights``, e.g. IDF) and whose document route is the masked-LM with the tiled pooling.
+    Saved, it is the library's standard folder (``router_config.json``, ``query_0_...`` and
+    ``document_0_...`` subfolders) that its own ``SparseEncoder`` loads.
+    """
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    chain = _splade_chain(location, pooling, None, doc_max_length)  # documents only: queries take the other route
+    vocab = chain[1].embedding_dimension
+    if query_weights.shape != (vocab,):
+        raise ValueError(f"query weights have shape {tuple(query_weights.shape)}; the vocabulary has {vocab} entries")
+    static = SparseStaticEmbedding(chain[0].tokenizer, weight=query_weights.detach().clone().float(), frozen=False)
+    router = Router.for_query_document(query_modules=[static], document_modules=chain)
+    return SparseEncoder(modules=[router], device="cpu")
+
+
+def query_weight_parameter(model) -> str | None:
+    """The name (in ``model.named_parameters()``) of an inference-free model's query weights, else None."""
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    for name, module in model.named_modules():
+        if isinstance(module, SparseStaticEmbedding):
+            return f"{name}.weight"
+    return None
+
+
+def _splade_chain(location: str, pooling: str, query_max_length: int | None, doc_max_length: int) -> list:
+    """``Transformer(fill-mask) -> TiledSpladePooling`` over the masked-LM at ``location``."""
     from sentence_transformers.base.modules import Transformer
     from transformers.utils import logging as hf_logging
 
@@ -83,9 +126,7 @@ def splade_model(location: str, pooling: str = "max", query_max_length: int = 64
     decoder = transformer.auto_model.get_output_embeddings()
     decoder.forward = _identity  # the head's transformed states come out; the pooling projects them
     vocab = decoder.weight.shape[0]
-    model = SparseEncoder(modules=[transformer, TiledSpladePooling(pooling, embedding_dimension=vocab,
-                                                                   decoder=decoder)], device="cpu")
-    return model
+    return [transformer, TiledSpladePooling(pooling, embedding_dimension=vocab, decoder=decoder)]
 
 
 def save_plain(model, folder: str) -> None:
@@ -93,12 +134,19 @@ def save_plain(model, folder: str) -> None:
 
     The tiled pooling computes what ``SpladePooling`` computes, so the saved folder names the
     library's class and loads in any sentence-transformers install without ``trust_remote_code``.
+    The pooling is swapped wherever it sits: in the model's own chain, or in a ``Router``'s route.
     """
-    for name, module in list(model._modules.items()):
-        if isinstance(module, TiledSpladePooling):
-            model._modules[name] = SpladePooling(module.pooling_strategy, module.activation_function,
-                                                 module.embedding_dimension)
+    _swap_pooling(model)
     model.save(folder, create_model_card=False)
+
+
+def _swap_pooling(parent: torch.nn.Module) -> None:
+    for name, module in list(parent.named_children()):
+        if isinstance(module, TiledSpladePooling):
+            setattr(parent, name, SpladePooling(module.pooling_strategy, module.activation_function,
+                                                module.embedding_dimension))
+        else:
+            _swap_pooling(module)
 
 
 def _identity(hidden):
