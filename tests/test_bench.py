@@ -197,10 +197,14 @@ FIGURES: dict[str, dict[str, object]] = {
         "splade_tiny/dl19/union_pool/nDCG@10": UNIT, "splade_tiny/dl19/own_pool/R@1000": UNIT,
     },
     "train.smoke.json": {
-        "dataset": "demo", "triples": 20, "base/nDCG@10": UNIT, "base/R@100": UNIT, "fine_tuned/nDCG@10": UNIT,
-        "fine_tuned/postings_per_doc": Between(1, 30522), "fine_tune/steps": 3, "fine_tune/final/step": 3,
-        "fine_tune/final/loss": Between(0, math.inf), "improvement_nDCG@10": Between(-1, 1),
-        "old_vs_new/rounds/0/old/steps": 1, "old_vs_new/rounds/0/new/steps": 1, "old_vs_new/cpu_ratio_new_over_old": TIME,
+        "dataset": "demo", "triples": 20, "complete": True, "settings/batches": "shuffle",
+        **{f"{variant}/training/steps": 3 for variant in ("old_loop", "trainer", "inference_free")},
+        **{f"{variant}/training/final/loss": Between(0, math.inf) for variant in ("old_loop", "trainer", "inference_free")},
+        **{f"{where}/{key}": UNIT for where in ("old_loop/pipeline", "trainer/pipeline", "trainer/exact",
+                                                "inference_free/exact", "idf_queries_base_documents/exact",
+                                                "base/pipeline") for key in ("nDCG@10", "R@100")},
+        "inference_free/training/query_weights/start": "idf", "inference_free/training/final/lambda_q": 0.0,
+        "trainer_minus_old_loop_nDCG@10": SIGNED, "inference_free_minus_trainer_exact_nDCG@10": SIGNED,
     },
 }
 
