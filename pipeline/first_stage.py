@@ -22,7 +22,6 @@ search it as if it were a full index (its scores are not the full dot products).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from pipeline import forward, outputs
 from pipeline.collection import read_json, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import (COMPANION, PRUNING, QUERY_SIDE, RECORDED_SETTINGS, build_lucene_index,
-                            collection_input, impact_arguments, is_our_index, load_record, parse_record)
+                            collection_input, impact_arguments, is_our_index, load_record, vector_records)
 
 COMPANION_RECORD = "two-step.json"
 FIRST_STAGE = "first-stage"
@@ -123,19 +122,7 @@ def collection_records(collection: Path) -> Iterator[tuple[Path, int, dict]]:
         files = [Path(collection) / shard["file"] for shard in manifest["shards"]]
     else:
         files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    for path in files:
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rb") as handle:
-                for number, raw in enumerate(handle, start=1):
-                    if not raw.strip():
-                        continue
-                    record, problem = parse_record(raw)
-                    if problem:
-                        raise InputError(path, problem, number)
-                    yield path, number, record
-        except (OSError, EOFError) as exc:
-            raise InputError(path, f"cannot read: {exc}") from None
+    return vector_records(files)
 
 
 def integer_postings(path: Path, line: int, vector: dict) -> list[tuple[str, int]]:

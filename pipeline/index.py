@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from pipeline import jvm, outputs
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
@@ -166,7 +166,16 @@ def count_records(folder: Path) -> tuple[int, int]:
     the empty vectors counted here must then match Anserini's "empty" counter exactly.
     """
     total = empty = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for _, _, record in vector_records(sorted(p for p in folder.rglob("*") if p.is_file())):
+        total += 1
+        empty += not any(weight > 0 for weight in record["vector"].values())
+    return total, empty
+
+
+def vector_records(files: Iterable[Path]) -> Iterator[tuple[Path, int, dict]]:
+    """Every JsonVectorCollection record of ``files`` as (file, line, parsed), gzip or plain; a record
+    Anserini could not read is a one-line error naming its file and line (``parse_record``)."""
+    for path in files:
         opener = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rb") as handle:
@@ -176,11 +185,9 @@ def count_records(folder: Path) -> tuple[int, int]:
                     record, problem = parse_record(raw)
                     if problem:
                         raise InputError(path, problem, number)
-                    total += 1
-                    empty += not any(weight > 0 for weight in record["vector"].values())
+                    yield path, number, record
         except (OSError, EOFError) as exc:
             raise InputError(path, f"cannot read: {exc}") from None
-    return total, empty
 
 
 def lucene_document_count(index: Path) -> int:

@@ -125,3 +125,26 @@ def service(demo_indexes):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
+
+
+def cli(argv: list, capsys) -> tuple[int, list[str], str]:
+    """``pipeline.cli.main`` in this process: its exit status, its stderr lines and its stdout."""
+    from pipeline.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out
+
+
+def refused(result, *needles: str, code: int = 2) -> str:
+    """The one error line of a refused command (status ``code``, no traceback, nothing on stdout)."""
+    status, err, out = result
+    assert status == code, (status, err)
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0] and out == "", (err, out)
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli, refused
 from pipeline import outputs, stages
-from pipeline.cli import main
 
 BOM = "\ufeff"
 DOCS = {f"d{i}": f"coral reef number {i} with ocean tides and fish" for i in range(1, 11)}
@@ -37,25 +37,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones included) with its sha256."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-def cli(argv: list[str], capsys) -> tuple[int, list[str], str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.err.strip().splitlines(), captured.out
-
-
-def refused(result, *needles: str, code: int = 2) -> str:
-    status, err, out = result
-    assert status == code, (status, err)
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0] and out == "", (err, out)
-    for needle in needles:
-        assert needle in err[0], (needle, err[0])
-    return err[0]
 
 
 def write(path: Path, lines: list[str], bom: bool = False) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli, refused
 from pipeline import outputs, stages
-from pipeline.cli import main
 
 QUIET = {"say": lambda text: None}
 DOCS = {f"d{i}": f"coral reef number {i} with ocean tides and fish" for i in range(1, 7)}
@@ -29,25 +29,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file and folder under ``folder`` (hidden ones included), files with their sha256."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(Path(folder).rglob("*"))}
-
-
-def cli(argv: list, capsys) -> tuple[int, list[str], str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.err.strip().splitlines(), captured.out
-
-
-def refused(result, *needles: str, code: int = 2) -> str:
-    status, err, out = result
-    assert status == code, (status, err)
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0] and out == "", (err, out)
-    for needle in needles:
-        assert needle in err[0], (needle, err[0])
-    return err[0]
 
 
 def write(path: Path, lines: list[str], end: str = "\n") -> Path:
