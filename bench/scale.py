@@ -89,9 +89,11 @@ def read_queries(path: Path) -> dict[str, dict[str, int]]:
     return queries
 
 
-def recall_at(found: dict[str, list[str]], exact: dict[str, list[list]], k: int = 10) -> dict[str, float]:
+def recall_at(found: dict[str, list], exact: dict[str, list[list]], k: int = 10, slack: float = 1e-3
+              ) -> dict[str, float]:
     """Recall@k against the exact top k: the id overlap, and tie-aware (any hit scoring at least the
-    exact k-th score counts; engines report their exact dot products)."""
+    exact k-th score, less ``slack``, counts; the peers report float dot products, two-step search
+    the same exact integers as the exhaustive run, so it is compared with ``slack`` 0)."""
     plain, tie_aware = [], []
     for qid, top in exact.items():
         if not top:
@@ -100,9 +102,9 @@ def recall_at(found: dict[str, list[str]], exact: dict[str, list[list]], k: int 
         kth = top[min(k, len(top)) - 1][1]
         hits = found.get(qid, [])[:k]
         plain.append(len(ids & {docid for docid, _ in hits}) / len(ids))
-        tie_aware.append(min(len(ids), sum(1 for _, score in hits if score >= kth - 1e-3)) / len(ids))
-    return {"recall@10": round(float(np.mean(plain)), 4) if plain else float("nan"),
-            "recall@10_ties": round(float(np.mean(tie_aware)), 4) if tie_aware else float("nan")}
+        tie_aware.append(min(len(ids), sum(1 for _, score in hits if score >= kth - slack)) / len(ids))
+    return {f"recall@{k}": round(float(np.mean(plain)), 4) if plain else float("nan"),
+            f"recall@{k}_ties": round(float(np.mean(tie_aware)), 4) if tie_aware else float("nan")}
 
 
 # -- stages (each runs in a child process of its own; see run_stage) ------------------------------
@@ -394,22 +396,6 @@ def stage_companion(collection: str, index: str, prune_docs: int, threads: int, 
             "companion_mb": round(sum(sizes.values()) / 2**20, 1)}
 
 
-def overlap_at(found: dict[str, list], exact: dict[str, list], k: int) -> dict[str, float]:
-    """Recall@k against the exhaustive top k: id overlap, and tie-aware (a hit scoring at least the
-    exhaustive k-th score counts: two-step scores are the same exact integers)."""
-    plain, tie_aware = [], []
-    for qid, top in exact.items():
-        if not top:
-            continue
-        ids = {docid for docid, _ in top[:k]}
-        kth = top[min(k, len(top)) - 1][1]
-        hits = found.get(qid, [])[:k]
-        plain.append(len(ids & {docid for docid, _ in hits}) / len(ids))
-        tie_aware.append(min(len(ids), sum(1 for _, score in hits if score >= kth)) / len(ids))
-    return {f"recall@{k}": round(float(np.mean(plain)), 4) if plain else float("nan"),
-            f"recall@{k}_ties": round(float(np.mean(tie_aware)), 4) if tie_aware else float("nan")}
-
-
 def stage_two_step(index: str, queries: str, settings: list[list], threads: list[int], warmup: int,
                    companion_record: str) -> dict[str, Any]:
     """Two-step search (pipeline.two_step.TwoStepSearcher) per setting [query terms, k, candidates]:
@@ -441,7 +427,7 @@ def stage_two_step(index: str, queries: str, settings: list[list], threads: list
                 missable += per_query[qid]["could_miss"]
                 counts.append(per_query[qid]["candidates"])
             row: dict[str, Any] = {"query_terms": query_terms, "k": k, "candidates": candidates,
-                                   "latency_1_thread": latency(times), **overlap_at(found, exact[k], k),
+                                   "latency_1_thread": latency(times), **recall_at(found, exact[k], k, slack=0),
                                    "candidates_mean": round(float(np.mean(counts)), 1),
                                    "could_miss_share": round(missable / max(len(qs), 1), 4)}
             for t in threads:
