@@ -371,12 +371,18 @@ def static_weights(path: Path) -> np.ndarray:
     return tensors["weight"].astype(np.float32)
 
 
-def bm25_idf(documents: int, frequencies: np.ndarray) -> np.ndarray:
+def bm25_idf(documents: int, frequencies: np.ndarray, absent_zero: bool = True) -> np.ndarray:
     """Lucene's BM25 IDF, ``ln(1 + (N - df + 0.5) / (df + 0.5))``: positive for every df <= N, so
-    no query term lowers a score; 0 where a term is in no document (it can match nothing)."""
+    no query term lowers a score. The one home of the formula: the ``idf`` query side and the
+    starting weights of inference-free training (``pipeline.training.idf``) both take it from here.
+
+    ``absent_zero``: 0 where a term is in no document. Right for frequencies read from an index's
+    postings (such a term can match nothing); training counts wordpieces in the documents' text,
+    where an absent one may still match an expanded document vector, so it keeps the formula's value.
+    """
     df = frequencies.astype(np.float64)
     idf = np.log1p((documents - df + 0.5) / (df + 0.5))
-    return np.where(df > 0, idf, 0.0).astype(np.float32)
+    return (np.where(df > 0, idf, 0.0) if absent_zero else idf).astype(np.float32)
 
 
 # -- tokenizers without torch ------------------------------------------------------------------

@@ -32,7 +32,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Sequence
 
 from pipeline import jvm
 from pipeline.collection import write_atomic
@@ -47,6 +47,7 @@ EXTRA_DEPTH = 16  # hits fetched beyond the cut-off to see whether ties straddle
 TIE_DEPTH_LIMIT = 10_000  # at most this many hits beyond the cut-off are fetched to settle ties
 FLOAT32_EXACT = 2 ** 24  # integers up to here are exact float32 values
 JAVA_INT_MAX = LUCENE_INT_MAX  # Anserini takes query weights as Java Integers
+RAW_FIELD = "raw"  # Anserini's stored field of each document's JSON (Constants.RAW)
 
 
 def java_hits(found) -> dict[str, list[Hit]]:
@@ -95,18 +96,43 @@ def query_json(terms: dict[str, int]) -> str:
     return json.dumps({term: int(weight) for term, weight in terms.items()})
 
 
-def sorted_hits(top_docs_json: str) -> list[Hit]:
+def sorted_hits(top_docs_json: str, numbers: DocumentNumbers | None = None) -> list[Hit]:
     """Hits of a ``TopFieldDocs`` sorted by (score, id) that Jackson wrote as JSON, in Lucene's order.
 
     The id is the second sort value, a ``BytesRef`` (base64 bytes, offset, length), so no stored
     document is read: reading them (Anserini's ``ScoredDocs.fromTopDocs``) costs ~0.1 ms a hit.
+    ``numbers`` is told each hit's Lucene document number, which the JSON carries anyway.
     """
     found = []
     for hit in json.loads(top_docs_json)["scoreDocs"]:
         ref = hit["fields"][1]
         docid = binascii.a2b_base64(ref["bytes"])[ref["offset"]:ref["offset"] + ref["length"]].decode("utf-8")
         found.append((docid, float(round(hit["score"]))))
+        if numbers is not None:
+            numbers.note(docid, hit["doc"])
     return found
+
+
+class DocumentNumbers:
+    """The Lucene document numbers of recent hits, by document id, so that reading a hit's stored
+    document skips the id look-up (a search on the id field, about a third of the read's cost).
+
+    An opened index never changes, so a number once seen stays right; the memo is emptied when it
+    reaches ``capacity`` entries, which bounds its memory (about 150 bytes an entry). Threads share
+    it: a dict's single get and set are atomic under the GIL, and a lost entry only costs a look-up.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._numbers: dict[str, int] = {}
+
+    def note(self, docid: str, number: int) -> None:
+        if len(self._numbers) >= self.capacity:
+            self._numbers = {}
+        self._numbers[docid] = number
+
+    def get(self, docid: str) -> int | None:
+        return self._numbers.get(docid)
 
 
 class _Detach:
@@ -158,8 +184,10 @@ class ImpactSearcher:
     reader and writer are thread-safe, and the instance keeps no per-search state.
     """
 
-    def __init__(self, index: Path, first_stage: bool = False):
-        """``first_stage``: the caller (two-step search) knows ``index`` is pruned and rescores its hits."""
+    def __init__(self, index: Path, first_stage: bool = False, remember_hits: int = 0):
+        """``first_stage``: the caller (two-step search) knows ``index`` is pruned and rescores its hits.
+        ``remember_hits``: keep the document numbers of up to that many recent hits, for ``raw``
+        (a service reads the stored documents of the hits it has just found)."""
         index = require_index(index) if first_stage else require_full_index(index)
         autoclass = jvm.autoclass
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index))
@@ -177,6 +205,7 @@ class ImpactSearcher:
             *(autoclass("java.lang.Class").forName(name) for name in ("java.util.HashMap", "java.lang.String",
                                                                       "java.lang.Float")))
         self._weights = mapper.readerFor(weights)  # Map<String, Float>, what the query generator takes
+        self._numbers = DocumentNumbers(remember_hits) if remember_hits > 0 else None
         self._legacy = bool(self._searcher.backwardsCompatibilityLucene8)  # Anserini sorts those differently
         if self._legacy:  # Anserini's own search(Map, k) takes a java.util.HashMap; one mapper serves all threads
             self._legacy_mapper = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
@@ -189,7 +218,8 @@ class ImpactSearcher:
             hash_map = self._legacy_mapper.readValue(query_json(terms), self._hash_map)
             return [(hit.docid, float(round(hit.score))) for hit in self._searcher.search(hash_map, depth)]
         query = self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
-        return sorted_hits(self._writer.writeValueAsString(self._lucene.search(query, depth, self._sort, True)))
+        return sorted_hits(self._writer.writeValueAsString(self._lucene.search(query, depth, self._sort, True)),
+                           self._numbers)
 
     def _batch(self, queries: dict[str, dict[str, int]], depth: int, threads: int) -> dict[str, list[Hit]]:
         """Top ``depth`` hits per query; a batch is spread over ``threads`` Python threads (pyjnius
@@ -268,10 +298,28 @@ class ImpactSearcher:
         attached()
         return self.documents > 0 and self._searcher.doc_raw(0) is not None
 
-    def raw(self, docid: str) -> str | None:
-        """The stored JSON of a document (indexes built with --store-raw)."""
+    def lucene_id(self, docid: str) -> int:
+        """Lucene's internal number of a document, or -1 when the index has no such id."""
         attached()
-        return self._searcher.doc_raw(docid)
+        known = self._numbers.get(docid) if self._numbers is not None else None
+        if known is not None:
+            return known
+        return int(jvm.autoclass("io.anserini.index.IndexReaderUtils").convertDocidToLuceneDocid(
+            self.reader, docid))
+
+    def raw(self, docid: str) -> str | None:
+        """The stored JSON of a document (indexes built with --store-raw); None without one."""
+        return self.raw_many([docid])[0]
+
+    def raw_many(self, docids: Sequence[str]) -> list[str | None]:
+        """The stored JSON of each document, None where there is none (no such id, no --store-raw).
+
+        Read by document number, as Anserini's ``doc_raw`` does after looking the id up, through one
+        ``StoredFields`` for the whole call: Lucene's are not to be shared between threads.
+        """
+        numbers = [self.lucene_id(docid) for docid in docids]
+        fields = self._lucene.storedFields() if any(number >= 0 for number in numbers) else None
+        return [fields.document(number).get(RAW_FIELD) if number >= 0 else None for number in numbers]
 
     def close(self) -> None:
         self._searcher.close()

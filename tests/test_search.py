@@ -272,3 +272,36 @@ def test_threads_that_searched_leave_the_jvm_when_they_end(tied_index):
         assert [hit[0] for hit in results["q"]] == ["d59", "d58", "d57", "d56", "d55"]
     finally:
         searcher.close()
+
+
+def test_stored_documents_read_by_number_are_anserinis_own(demo_indexes, encoder):
+    """``raw`` reads by the document number its hits carried (a memo of ``remember_hits`` entries) and
+    gives what Anserini's ``doc_raw`` gives by id: before any search, after one, once the memo has
+    been emptied, for ids the index lacks (None, in place) and on an index without stored documents."""
+    from pipeline import jvm
+
+    topics = read_topics(DEMO_DATA / "queries.jsonl")
+    queries = {qid: encoder.to_terms(vector, 100) for qid, vector in zip(topics, encoder.encode(list(topics.values())))}
+    stored = ImpactSearcher(demo_indexes["demo"], remember_hits=5)
+    anserini = jvm.autoclass("io.anserini.search.SimpleImpactSearcher")(str(demo_indexes["demo"]))
+    try:
+        docids = [json.loads(line)["_id"] for line in (DEMO_DATA / "corpus.jsonl").read_text().splitlines()]
+        expected = {docid: anserini.doc_raw(docid) for docid in docids}
+        assert all(isinstance(raw, str) and json.loads(raw)["id"] == docid for docid, raw in expected.items())
+        assert stored.raw_many(docids) == [expected[d] for d in docids]  # no search yet: looked up by id
+        for qid, terms in queries.items():
+            hits = stored.search({qid: terms}, 8)[0][qid]  # 8 hits through a memo of 5: emptied as it goes
+            page = [docid for docid, _ in hits]
+            assert stored.raw_many(page) == [expected[d] for d in page]
+            assert stored.raw_many([page[0], "no-such-doc", page[-1]]) == [expected[page[0]], None, expected[page[-1]]]
+        assert stored.raw("no-such-doc") is None
+    finally:
+        stored.close()
+        anserini.close()
+    bare = ImpactSearcher(demo_indexes["bare"], remember_hits=5)
+    try:
+        qid, terms = next(iter(queries.items()))
+        hits = bare.search({qid: terms}, 3)[0][qid]
+        assert bare.raw_many([docid for docid, _ in hits]) == [None, None, None]
+    finally:
+        bare.close()

@@ -258,3 +258,19 @@ def test_serve_command_refuses_bad_indexes(tmp_path):
 
     assert main(["serve", "--index", str(tmp_path / "missing")]) == 2
     assert main(["serve", "--index", f"a={tmp_path}", "--index", f"a={tmp_path}"]) == 2
+
+
+def test_stored_json_and_responses_beyond_orjson_fall_back_to_the_standard_library():
+    """orjson parses stored documents and renders responses; what it refuses and JSON admits (a lone
+    surrogate escape, an integer beyond 64 bits) takes the standard library's path, not an error."""
+    from pipeline.service.app import ApiResponse
+    from pipeline.service.backend import parse_stored
+
+    assert parse_stored('{"id": "d1", "contents": "a\\ud800b", "n": 18446744073709551616}') == {
+        "id": "d1", "contents": "a\ud800b", "n": 2 ** 64}
+    assert parse_stored('["not", "an", "object"]') == {"raw": ["not", "an", "object"]}
+    assert parse_stored("{broken") == {"raw": "{broken"}
+    body = {"api": "v1", "score": 12.0, "doc": {"contents": "café ü", "n": 2 ** 64}}
+    assert json.loads(ApiResponse(body).body) == body
+    plain = {"api": "v1", "score": 12.0, "doc": {"contents": "café ü", "vector": {"caf": 3}}}
+    assert ApiResponse(plain).body == json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode()

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+import orjson
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
@@ -34,6 +35,18 @@ WEB = Path(__file__).resolve().parents[1] / "resources" / "web"
 REQUEST_ID_HEADER = "x-request-id"
 log = logging.getLogger("pipeline.service")
 PAGE_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+
+
+class ApiResponse(JSONResponse):
+    """A JSON response rendered by orjson (UTF-8, no NaN: the bodies hold none), a few times faster
+    than the standard encoder on a page of stored documents; what orjson cannot encode (integers
+    beyond 64 bits, lone surrogates read from a stored document) falls back to Starlette's own."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:
+            return super().render(content)
 
 
 class ApiError(HTTPException):
@@ -271,19 +284,19 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
                query: str = Query(min_length=1, max_length=limits.max_query_chars, description="query text"),
                hits: int = Query(10, ge=1, le=limits.max_hits, description="number of hits"),
                explain: bool = Query(False, description="per-term contributions of each hit"),
-               doc: bool = Query(True, description="include each hit's stored document")) -> JSONResponse:
+               doc: bool = Query(True, description="include each hit's stored document")) -> ApiResponse:
         """Encode the query with the index's own encoder and search; Anserini's response shape."""
         served_index = index_named(request, index)
         if not query.strip():
             raise ApiError(400, "query", "blank")
         result = run_queries(served_index, [(None, query, None)], hits, explain, doc)
-        return JSONResponse({"api": "v1", "index": index, **result["results"][0],
+        return ApiResponse({"api": "v1", "index": index, **result["results"][0],
                              "timing_ms": result["timing_ms"]})
 
     BatchRequest = batch_request(limits)
 
     @app.post("/v1/{index}/search", response_model=BatchResponse, responses=errors, tags=["search"])
-    def search_batch(request: Request, index: str, body: BatchRequest) -> JSONResponse:  # type: ignore[valid-type]
+    def search_batch(request: Request, index: str, body: BatchRequest) -> ApiResponse:  # type: ignore[valid-type]
         """A batch of queries, each ``{"id", "text"}`` or pre-encoded ``{"id", "vector": {term: weight}}``."""
         served_index = index_named(request, index)
         seen: set[str] = set()
@@ -297,16 +310,16 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
                                         f"at most {limits.max_batch_hits:,} per request")
         result = run_queries(served_index, [(q.id, q.text, q.vector) for q in body.queries], body.hits,
                              body.explain, body.doc)
-        return JSONResponse({"api": "v1", "index": index, **result})
+        return ApiResponse({"api": "v1", "index": index, **result})
 
     # ``:path``: a document id may hold a slash (ids are any text without whitespace), percent-encoded or not
     @app.get("/v1/{index}/doc/{docid:path}", response_model=DocumentResponse, responses=errors, tags=["documents"])
-    def document(request: Request, index: str, docid: str) -> JSONResponse:
+    def document(request: Request, index: str, docid: str) -> ApiResponse:
         """A document by id: the stored JSON (text and vector), or null when the index stores none."""
         served_index = index_named(request, index)
         if len(docid) > 1024 or not served_index.has(docid):
             raise ApiError(404, "docid", f"no document {docid[:80]!r} in index {index!r}")
-        return JSONResponse({"api": "v1", "index": index, "docid": docid, "doc": served_index.stored(docid)})
+        return ApiResponse({"api": "v1", "index": index, "docid": docid, "doc": served_index.stored(docid)})
 
     return app
 
@@ -329,8 +342,9 @@ def run_queries(index: ServedIndex, queries: list[tuple[str | None, str | None, 
         query_tokens = index.query_tokens(text) if text is not None else None
         query_terms = terms[key]
         candidates = []
+        page = index.stored_many([docid for docid, _ in found[key]]) if (explain or docs) else None
         for rank, (docid, score) in enumerate(found[key], start=1):
-            stored = index.stored(docid) if (explain or docs) else None
+            stored = page[rank - 1] if page is not None else None
             candidate: dict[str, Any] = {"docid": docid, "score": score, "rank": rank,
                                          "doc": _without_vector(stored) if docs else None}
             if explain:

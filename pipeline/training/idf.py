@@ -18,6 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
+from pipeline import encoders
+
 BATCH = 1024  # texts tokenised at a time
 
 
@@ -43,8 +45,8 @@ def document_frequencies(tokenizer, texts: Iterable[str], vocab_size: int) -> tu
 
 
 def bm25_idf(frequencies: np.ndarray, documents: int) -> np.ndarray:
-    """``log(1 + (N - df + 0.5) / (df + 0.5))`` per vocabulary entry, as float32."""
+    """The BM25 IDF of every vocabulary entry (``encoders.bm25_idf``'s formula), as float32, absent
+    wordpieces included."""
     if documents <= 0:
         raise ValueError("IDF needs at least one document")
-    df = frequencies.astype(np.float64)
-    return np.log1p((documents - df + 0.5) / (df + 0.5)).astype(np.float32)
+    return encoders.bm25_idf(documents, frequencies, absent_zero=False)
