@@ -31,7 +31,7 @@ from pipeline import blas, encoders, jvm
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights
 from pipeline.first_stage import open_companion
-from pipeline.search import Hit, ImpactSearcher, attached, index_record, require_full_index
+from pipeline.search import Hit, ImpactSearcher, index_record, require_full_index
 from pipeline.two_step import TwoStepOptions, TwoStepSearcher
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
