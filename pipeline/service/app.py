@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
 from fastapi.responses import JSONResponse, Response
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
@@ -291,7 +291,7 @@ def create_app(indexes: dict[str, Path], threads: int | None = None, limits: Lim
             raise ApiError(400, "query", "blank")
         result = run_queries(served_index, [(None, query, None)], hits, explain, doc)
         return ApiResponse({"api": "v1", "index": index, **result["results"][0],
-                             "timing_ms": result["timing_ms"]})
+                            "timing_ms": result["timing_ms"]})
 
     BatchRequest = batch_request(limits)
 
