@@ -115,7 +115,7 @@ def sorted_hits(top_docs_json: str, numbers: DocumentNumbers | None = None) -> l
 
 class DocumentNumbers:
     """The Lucene document numbers of recent hits, by document id, so that reading a hit's stored
-    document skips the id look-up (a search on the id field, about a third of the read's cost).
+    document skips the id look-up (a search on the id field for each one).
 
     An opened index never changes, so a number once seen stays right; the memo is emptied when it
     reaches ``capacity`` entries, which bounds its memory (about 150 bytes an entry). Threads share

@@ -161,8 +161,8 @@ class ServedIndex:
 def parse_stored(raw: str) -> dict[str, Any]:
     """A stored document's JSON as a dict; text that is no JSON object comes back as ``{"raw": ...}``.
 
-    orjson first: the stored JSON carries the document's whole vector (a few hundred terms), and
-    parsing ten of them was a fifth of a k=10 request. The standard parser takes what orjson
+    orjson first: the stored JSON carries the document's whole vector (a few hundred terms), which
+    is parsed only to be dropped, ten times a request. The standard parser takes what orjson
     refuses but JSON admits (lone surrogate escapes, integers beyond 64 bits).
     """
     try:
