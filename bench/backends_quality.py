@@ -30,6 +30,7 @@ import numpy as np
 from pipeline import models
 from pipeline.demo import DEMO_DATA
 from pipeline.encoder import SparseVector, SpladeEncoder, quantise
+from pipeline.impacts import dense
 from pipeline.evaluate import evaluate, parse_measure
 from pipeline.experiment import dataset_files, judged_topics, self_hit_rule
 from pipeline.readers import read_corpus, read_qrels
@@ -74,13 +75,6 @@ def ranked(doc_ids: list[str], docs: list[SparseVector], topics: dict[str, str],
     run = exact_run(doc_ids, docs, list(topics), queries, width, hits=HITS + 1)
     return {q: {doc: score for doc, score in [h for h in hits if not (q in drop and h[0] == q)][:HITS]}
             for q, hits in run.items()}
-
-
-def dense(vectors: list[SparseVector], width: int) -> np.ndarray:
-    out = np.zeros((len(vectors), width), dtype=np.float32)
-    for row, vector in enumerate(vectors):
-        out[row, vector.ids] = vector.weights
-    return out
 
 
 def main() -> int:

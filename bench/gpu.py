@@ -36,6 +36,7 @@ import torch
 import pipeline
 from pipeline import models
 from pipeline.encoder import SparseVector, SpladeEncoder
+from pipeline.impacts import dense
 from pipeline.evaluate import evaluate, parse_measure
 from pipeline.readers import read_corpus, read_qrels, read_topics
 
@@ -93,13 +94,6 @@ def base_model(folder: Path, tokenizer_from: str, calibration: list[str], device
     mlm.to("cpu").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def dense(vectors: list[SparseVector], width: int) -> np.ndarray:
-    out = np.zeros((len(vectors), width), dtype=np.float32)
-    for row, vector in enumerate(vectors):
-        out[row, vector.ids] = vector.weights
-    return out
 
 
 def rank(doc_ids, docs: np.ndarray, query_ids, queries: np.ndarray, hits: int = 100) -> dict:

@@ -7,6 +7,7 @@ the search stage that uses one, quantise weights without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +24,15 @@ class SparseVector:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def dense(vectors: Sequence[SparseVector], width: int, dtype: type = np.float32) -> np.ndarray:
+    """``vectors`` as the rows of a ``len(vectors) x width`` matrix (zeros elsewhere): where two
+    encoders are compared weight by weight, or every document scored against every query."""
+    out = np.zeros((len(vectors), width), dtype=dtype)
+    for row, vector in enumerate(vectors):
+        out[row, vector.ids] = vector.weights
+    return out
 
 
 QUANTISATIONS = ("scale", "anserini")

@@ -10,6 +10,7 @@ from pipeline.demo import DEMO_DATA
 from pipeline.encoder import SpladeEncoder
 from pipeline.encoders import Options
 from pipeline.errors import ConsistencyError
+from pipeline.impacts import dense
 from pipeline.index import load_record
 from pipeline.readers import read_topics
 
@@ -30,16 +31,9 @@ def texts():
         line for line in (DEMO_DATA / "corpus.jsonl").read_text().splitlines()[:12]]
 
 
-def dense(vectors, width):
-    out = np.zeros((len(vectors), width))
-    for row, vector in enumerate(vectors):
-        out[row, vector.ids] = vector.weights
-    return out
-
-
 def test_int8_stays_close_to_fp32(encoder, onnx_encoder, texts):
-    exact = dense(encoder.encode(texts), encoder.vocab_size)
-    int8 = dense(onnx_encoder.encode(texts), encoder.vocab_size)
+    exact = dense(encoder.encode(texts), encoder.vocab_size, np.float64)
+    int8 = dense(onnx_encoder.encode(texts), encoder.vocab_size, np.float64)
     error = np.abs(exact - int8)
     assert 0 < error.max() < 1.5  # int8 differs from fp32, but not wildly
     assert error.mean() < 0.01
@@ -53,8 +47,8 @@ def test_int8_recipe_keeps_weights_within_the_bound_the_old_recipe_broke(encoder
     """On these texts the first recipe (every MatMul and the embedding tables, full-range weights
     with one scale per matrix) gave a largest weight error of 0.36 and a mean of 0.046 over the
     terms either side keeps; the current one 0.13 and 0.018 (docs/backends.md)."""
-    exact = dense(encoder.encode(texts), encoder.vocab_size)
-    int8 = dense(onnx_encoder.encode(texts), encoder.vocab_size)
+    exact = dense(encoder.encode(texts), encoder.vocab_size, np.float64)
+    int8 = dense(onnx_encoder.encode(texts), encoder.vocab_size, np.float64)
     kept = (exact > 0) | (int8 > 0)
     error = np.abs(exact - int8)
     assert error.max() < 0.2
@@ -93,8 +87,8 @@ def test_graph_is_cached_beside_the_model_or_in_the_user_cache(onnx_encoder, tmp
 def test_openvino_runs_the_same_graph(onnx_encoder, texts):
     pytest.importorskip("openvino")
     openvino = SpladeEncoder(models.resolve(None), "max", 512, backend="openvino")
-    a = dense(onnx_encoder.encode(texts), onnx_encoder.vocab_size)
-    b = dense(openvino.encode(texts), onnx_encoder.vocab_size)
+    a = dense(onnx_encoder.encode(texts), onnx_encoder.vocab_size, np.float64)
+    b = dense(openvino.encode(texts), onnx_encoder.vocab_size, np.float64)
     assert np.abs(a - b).max() < 0.25 and openvino.describe()["fingerprint"].endswith("+openvino-int8")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import encoders, models
 from pipeline.errors import InputError, PipelineError
-from pipeline.impacts import SparseVector, quantise
+from pipeline.impacts import SparseVector, dense, quantise
 
 QUERIES = ["What causes coral reefs to bleach?", "how do tides work", "solar panels on cloudy days",
            "Does vitamin D lower the risk of fractures in older adults?"]
@@ -82,13 +82,6 @@ def built(tmp_path_factory):
     return found
 
 
-def _dense(vectors: list[SparseVector], size: int) -> np.ndarray:
-    out = np.zeros((len(vectors), size), dtype=np.float32)
-    for row, vector in enumerate(vectors):
-        out[row, vector.ids] = vector.weights
-    return out
-
-
 def _st(model, texts: list[str], role: str) -> np.ndarray:
     encode = model.encode_query if role == "query" else model.encode_document
     return encode(texts, convert_to_tensor=True).to_dense().float().cpu().numpy()
@@ -106,9 +99,9 @@ def _quantised(dense: np.ndarray, scale: float = 100, rule: str = "scale") -> li
 def _pipeline(side: encoders.QuerySide, texts: list[str], role: str) -> np.ndarray:
     if role == "document":
         encoder = encoders.load_documents(side, threads=1)
-        return _dense(encoder.encode(texts), encoder.vocab_size)
+        return dense(encoder.encode(texts), encoder.vocab_size)
     queries = encoders.load_queries(encoders.QuerySpec(side, 100), threads=1)
-    return _dense(queries.vectors(texts), 30522)
+    return dense(queries.vectors(texts), 30522)
 
 
 def _check_equal(ours: np.ndarray, theirs: np.ndarray) -> None:
