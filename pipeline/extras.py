@@ -20,7 +20,7 @@ PACKAGE = "splade-pipeline"
 # The top-level modules the code imports directly, per extra (pyproject.toml names their distributions).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("sentence_transformers", "datasets", "accelerate"),
-    "serve": ("fastapi", "starlette", "pydantic", "uvicorn", "h11", "orjson"),
+    "serve": ("fastapi", "starlette", "pydantic", "uvicorn", "h11"),
     "int8": ("onnx", "onnxscript", "onnxruntime", "openvino"),
     "ray": ("ray",),
 }

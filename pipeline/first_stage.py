@@ -12,6 +12,7 @@ built from, into a subfolder of the index so that one ``--index`` path serves bo
             first-stage/             Lucene impact index of the pruned vectors (built by pipeline.index)
             forward/                 the full quantised vectors by document (pipeline.forward)
             max-pruned.bin           per term: the largest impact pruned away (for the miss bound)
+            lucene-rows.bin          per first-stage Lucene document number: its forward-store row
 
 The companion is built in a temporary folder beside the index and renamed into place, and its
 record names the full index's record by checksum: rebuilding the full index removes the
@@ -37,11 +38,13 @@ from pipeline.collection import read_json, write_json
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import (COMPANION, PRUNING, QUERY_SIDE, RECORDED_SETTINGS, build_lucene_index,
                             collection_input, impact_arguments, is_our_index, load_record, vector_records)
+from pipeline.search import ImpactSearcher
 
 COMPANION_RECORD = "two-step.json"
 FIRST_STAGE = "first-stage"
 FORWARD = "forward"
 MAX_PRUNED = "max-pruned.bin"
+LUCENE_ROWS = "lucene-rows.bin"
 PRUNED_COLLECTION = "pruned-collection"
 DEFAULT_PRUNE_DOCS = 128  # postings kept per document; chosen from bench/results/two_step.json (two_step.py)
 
@@ -64,6 +67,11 @@ class Companion:
     def max_pruned(self) -> np.ndarray:
         spec = self.record["max_pruned"]
         return np.fromfile(self.folder / MAX_PRUNED, dtype=spec["dtype"])
+
+    def lucene_rows(self) -> np.ndarray:
+        """Per Lucene document number of the first-stage index, its forward-store row (-1: none)."""
+        spec = self.record["lucene_rows"]
+        return np.fromfile(self.folder / LUCENE_ROWS, dtype=spec["dtype"]).astype(np.int64)
 
 
 def companion_folder(index: Path) -> Path:
@@ -104,9 +112,12 @@ def open_companion(index: Path) -> Companion:
     if record.get("full_index_record") != full_record_digest(index):
         raise ConsistencyError(f"{folder} was built for another version of {index}; rebuild it with "
                                "index --prune-docs N --overwrite")
-    spec = record["max_pruned"]
-    if outputs.file_sha256(folder / MAX_PRUNED) != spec["sha256"]:
-        raise InputError(folder / MAX_PRUNED, "changed since it was built (sha256 differs from two-step.json)")
+    if "lucene_rows" not in record:
+        raise ConsistencyError(f"{folder} was built by an earlier version (no {LUCENE_ROWS}); rebuild it with "
+                               "index --prune-docs N --overwrite")
+    for name, key in ((MAX_PRUNED, "max_pruned"), (LUCENE_ROWS, "lucene_rows")):
+        if outputs.file_sha256(folder / name) != record[key]["sha256"]:
+            raise InputError(folder / name, "changed since it was built (sha256 differs from two-step.json)")
     return Companion(folder, record)
 
 
@@ -211,16 +222,44 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: 
                                (documents, empty), collection, verbose, {**extra, PRUNING: pruning_rule(prune_docs)},
                                progress)
     shutil.rmtree(pruned_folder)
-    maxima = pruned_maxima(forward.ForwardStore(temp / FORWARD, check=False), prune_docs)
+    store_view = forward.ForwardStore(temp / FORWARD, check=False)
+    maxima = pruned_maxima(store_view, prune_docs)
     maxima.tofile(temp / MAX_PRUNED)
+    rows = lucene_rows(temp / FIRST_STAGE, store_view)
+    rows.tofile(temp / LUCENE_ROWS)
     return {"created_by": outputs.CREATED_BY, PRUNING: pruning_rule(prune_docs), "documents": documents,
             "indexed": first["documents"], "postings": {"full": store["postings"], "first_stage": kept},
             "max_pruned": {"dtype": maxima.dtype.str, "length": len(maxima),
                            "sha256": outputs.file_sha256(temp / MAX_PRUNED)},
+            "lucene_rows": {"dtype": rows.dtype.str, "length": len(rows),
+                            "sha256": outputs.file_sha256(temp / LUCENE_ROWS)},
             "largest_impact": store["largest_impact"],
             "build_seconds": {"forward_and_pruned_collection": round(pass_seconds, 2),
                               "first_stage_index": round(time.perf_counter() - start - pass_seconds, 2)},
             **extra}
+
+
+def lucene_rows(first_stage: Path, store: forward.ForwardStore) -> np.ndarray:
+    """Per Lucene document number of the built first-stage index, the forward-store row of the same
+    document (-1 for one without postings, which no search returns).
+
+    Two-step search then reads its candidates' full vectors by the numbers Lucene returns, with no
+    document id decoded or looked up per candidate (at k' = 2,000, decoding and looking up ids cost
+    a fifth of a query). Numbers depend on how Lucene built the index, so the map is made from the
+    index itself, once, by reading every (number, id) pair in id order.
+    """
+    searcher = ImpactSearcher(first_stage, first_stage=True)
+    try:
+        rows = np.full(int(searcher.reader.maxDoc()), -1, dtype=np.int32 if store.documents < 2**31 else np.int64)
+        for numbers, ids in searcher.numbers_by_id():
+            rows[np.asarray(numbers, dtype=np.int64)] = store.find(ids)
+    finally:
+        searcher.close()
+    mapped = rows[rows >= 0]
+    if len(mapped) != store.documents or len(np.unique(mapped)) != store.documents:
+        raise ConsistencyError(f"{first_stage} does not hold each of the forward store's {store.documents} "
+                               "documents once; rebuild it with index --prune-docs N --overwrite")
+    return rows
 
 
 def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 << 16) -> np.ndarray:

@@ -203,20 +203,34 @@ class ForwardStore:
         self.words: list[str] = json.loads((self.folder / VOCABULARY).read_text())
         self.term_ids = {term: position for position, term in enumerate(self.words)}
         self.documents = int(self.record["documents"])
+        self._places: np.ndarray | None = None
+
+    def find(self, docids: list[str]) -> np.ndarray:
+        """The row of each document id, -1 where the store has none (a document without postings)."""
+        if not docids or not len(self._ids):
+            return np.full(len(docids), -1, dtype=np.int64)
+        encoded = [d.encode("utf-8") for d in docids]
+        wanted = np.asarray(encoded, dtype=self._ids.dtype)  # an id longer than the widest is cut: not found
+        fits = np.fromiter((len(e) <= self._ids.dtype.itemsize for e in encoded), dtype=bool, count=len(encoded))
+        places = np.minimum(np.searchsorted(self._ids, wanted), len(self._ids) - 1)
+        return np.where(fits & (self._ids[places] == wanted), self._rows[places].astype(np.int64), -1)
 
     def rows(self, docids: list[str]) -> np.ndarray:
         """The row of each document id; an id the store lacks is an inconsistency, never skipped."""
-        if not docids:
-            return np.zeros(0, dtype=np.int64)
-        wanted = np.asarray([d.encode("utf-8") for d in docids], dtype=self._ids.dtype)
-        places = np.searchsorted(self._ids, wanted)
-        found = places < len(self._ids)
-        found[found] = self._ids[places[found]] == wanted[found]
-        if not found.all():
-            missing = docids[int(np.flatnonzero(~found)[0])]
+        rows = self.find(docids)
+        if (rows < 0).any():
+            missing = docids[int(np.flatnonzero(rows < 0)[0])]
             raise ConsistencyError(f"{self.folder}: document {missing[:80]!r} is in the first-stage index but not "
                                    "in the forward store; rebuild the index")
-        return self._rows[places].astype(np.int64)
+        return rows
+
+    def docids(self, rows: np.ndarray) -> list[str]:
+        """The document id of each row (the inverse of ``rows``)."""
+        if self._places is None:  # sorted position of each row, built on first use (a few ms a million)
+            places = np.empty(len(self._rows), dtype=np.int64)
+            places[np.asarray(self._rows, dtype=np.int64)] = np.arange(len(self._rows), dtype=np.int64)
+            self._places = places
+        return [docid.decode("utf-8") for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
 
     def query_weights(self, query: Mapping[str, int]) -> np.ndarray:
         """The query as a dense int64 array over the store's vocabulary (terms no document has drop out:

@@ -14,9 +14,26 @@ from typing import Iterable
 import numpy as np
 
 
+def float32_keys(scores: Iterable[float]) -> np.ndarray:
+    """Scores as trec_eval compares them: each read into a C ``float``."""
+    return np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores,
+                      dtype=np.float64).astype(np.float32)
+
+
 def trec_eval_order(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
     """``(docid, score)`` pairs by float32 score descending, then document id descending; scores unchanged."""
     hits = list(hits)
-    scores = np.asarray([score for _, score in hits], dtype=np.float64).astype(np.float32).tolist()
+    scores = float32_keys(score for _, score in hits).tolist()
     order = sorted(range(len(hits)), key=lambda i: (scores[i], hits[i][0]), reverse=True)
     return [hits[i] for i in order]
+
+
+def within_cut(scores: np.ndarray, need: int) -> np.ndarray:
+    """Positions of the scores that can be among the first ``need`` in this order whatever their ids:
+    every score whose float32 key is at least the ``need``-th largest, so ties at the cut stay in.
+    A caller that holds many scored candidates names (and sorts) only these."""
+    keys = float32_keys(scores)
+    if len(keys) <= need:
+        return np.arange(len(keys))
+    cut = np.partition(keys, len(keys) - need)[len(keys) - need]
+    return np.flatnonzero(keys >= cut)

@@ -26,11 +26,11 @@ from typing import Any, Collection
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConsistencyError, PipelineError
 from pipeline.first_stage import Companion, open_companion
 from pipeline.forward import ForwardStore, top_terms
 from pipeline.search import FLOAT32_EXACT, Hit, ImpactSearcher, self_hit_queries, write_run
-from pipeline.trec_order import trec_eval_order
+from pipeline.trec_order import trec_eval_order, within_cut
 from pipeline.collection import write_json
 
 # Defaults chosen from bench/results/two_step.json (splade-tiny; quality only, latency is bench/scale.py's):
@@ -82,6 +82,7 @@ class TwoStepSearcher:
         self.store = ForwardStore(self.companion.forward, check=check)
         self.max_pruned = self.companion.max_pruned().astype(np.int64)
         self.max_impact = np.asarray(self.store.max_impact, dtype=np.int64)
+        self.lucene_rows = self.companion.lucene_rows()
         self.documents = self.store.documents
 
     def search(self, queries: dict[str, dict[str, int]], hits: int, threads: int = 1,
@@ -116,22 +117,32 @@ class TwoStepSearcher:
     def _one(self, qid: str, terms: dict[str, int], hits: int, depth: int, query_terms: int | None,
              drop_self: bool) -> tuple[str, list[Hit], dict[str, Any]]:
         kept = dict(top_terms(terms, query_terms))
-        found = self.first.top({qid: kept}, depth)[qid] if kept else []
-        docids = [docid for docid, _ in found]
-        exact = self.store.scores(terms, self.store.rows(docids)).tolist()
-        rescored = [(docid, float(score)) for docid, score in zip(docids, exact)]
-        info: dict[str, Any] = {"candidates": len(rescored), "first_stage_terms": len(kept)}
+        numbers, first_scores = self.first.top_numbers(kept, depth)
+        rows = self._rows_of(numbers)
+        exact = self.store.scores(terms, rows)
+        info: dict[str, Any] = {"candidates": len(rows), "first_stage_terms": len(kept)}
+        # only the candidates that can reach the cut-off (ties included) need their ids, for the order
+        reach = within_cut(exact, hits + drop_self)
+        rescored = [(docid, float(exact[i])) for docid, i in zip(self.store.docids(rows[reach]), reach)]
         if drop_self:
             before = len(rescored)
             rescored = [hit for hit in rescored if hit[0] != qid]
             info["self_hit_removed"] = len(rescored) < before
         ranked = trec_eval_order(rescored)[:hits]
-        threshold = int(found[-1][1]) if len(found) >= depth else 0
+        threshold = int(first_scores[-1]) if len(first_scores) >= depth else 0
         bound = threshold + self._pruned_mass(terms, kept)
         kth = int(ranked[hits - 1][1]) if len(ranked) >= hits else 0
         info.update(threshold=threshold, bound=bound, kth_score=kth,
                     could_miss=bool(bound >= kth if len(ranked) >= hits else bound > 0))
         return qid, ranked, info
+
+    def _rows_of(self, numbers: np.ndarray) -> np.ndarray:
+        """Forward-store rows of first-stage hits, by Lucene document number."""
+        rows = self.lucene_rows[numbers]
+        if (rows < 0).any():
+            raise ConsistencyError(f"{self.companion.folder}: a first-stage hit has no row in the forward store; "
+                                   "rebuild the index with --prune-docs N --overwrite")
+        return rows
 
     def _pruned_mass(self, terms: dict[str, int], kept: dict[str, int]) -> int:
         """The most a document's full score can exceed its first-stage score: pruned postings of kept

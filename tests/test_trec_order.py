@@ -20,3 +20,21 @@ def test_run_writer_and_evaluator_follow_the_same_order():
     assert [line.split()[2] for line in lines] == [docid for docid, _ in EXPECTED]
     grades = {"d10": 3, "d4": 2, "d1": 1}
     assert evaluate.ranked_grades(dict(HITS), grades) == [0, 3, 2, 0, 1]
+
+
+def test_within_cut_keeps_every_hit_that_can_make_the_cut_ties_included():
+    import numpy as np
+
+    from pipeline.trec_order import within_cut
+
+    generator = np.random.default_rng(3)
+    for _ in range(200):
+        scores = generator.integers(0, 12, size=int(generator.integers(0, 40))) * 2**23  # float32 ties galore
+        need = int(generator.integers(1, 45))
+        ids = [f"d{i:03d}" for i in range(len(scores))]
+        full = trec_eval_order(zip(ids, scores.tolist()))[:need]
+        kept = within_cut(scores, need)
+        assert trec_eval_order((ids[i], scores[i].item()) for i in kept)[:need] == full
+        if len(scores) > need:  # nothing below the cut's float32 key is kept
+            cut = np.float32(full[-1][1])
+            assert all(np.float32(scores[i]) >= cut for i in kept)

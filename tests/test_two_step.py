@@ -194,6 +194,45 @@ def test_changed_forward_store_is_refused(built, tmp_path):
         TwoStepSearcher(copy)
 
 
+def test_lucene_numbers_map_to_the_rows_of_the_same_documents(built, queries):
+    """The companion's map from first-stage Lucene numbers to forward-store rows, read against the
+    ids Lucene itself stores for each number; two-step search reads candidates through it."""
+    from pipeline import jvm
+
+    searcher = TwoStepSearcher(built[1])
+    try:
+        reader = searcher.first.reader
+        numbers = int(reader.maxDoc())
+        assert numbers == DOCS and len(searcher.lucene_rows) == numbers
+        stored = jvm.autoclass("io.anserini.index.IndexReaderUtils")
+        ids = [stored.convertLuceneDocidToDocid(reader, number) for number in range(numbers)]
+        assert searcher.store.docids(searcher.lucene_rows) == ids
+        compared = 0
+        for qid, terms in queries.items():
+            found, scores = searcher.first.top_numbers(terms, 7)
+            compared += len(found)
+            assert [(ids[n], float(s)) for n, s in zip(found.tolist(), scores.tolist())] == \
+                searcher.first.top({qid: terms}, 7)[qid]
+        assert compared >= 40
+    finally:
+        searcher.close()
+
+
+def test_companion_without_lucene_numbers_is_refused(built, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built[1], copy)
+    record_path = companion_folder(copy) / "two-step.json"
+    record = json.loads(record_path.read_text())
+    del record["lucene_rows"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ConsistencyError, match="earlier version"):
+        TwoStepSearcher(copy)
+    shutil.copytree(built[1], tmp_path / "again")
+    (companion_folder(tmp_path / "again") / "lucene-rows.bin").write_bytes(b"\0" * 4 * DOCS)
+    with pytest.raises(InputError, match="lucene-rows.bin"):
+        TwoStepSearcher(tmp_path / "again")
+
+
 def test_rebuilding_the_full_index_drops_its_companion(built, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(built[1], copy)
@@ -232,6 +271,10 @@ def test_forward_store_dot_products_match_brute_force(tmp_path):
     assert list(store.vector(docids[3]).values()) == sorted(kept[3][1].values(), reverse=True)
     with pytest.raises(ConsistencyError, match="not in the forward store"):
         store.rows(["missing"])
+    assert store.find(["missing", docids[5], docids[5] + "x", docids[5][:-1], ""]).tolist() == \
+        [-1, store.rows([docids[5]])[0], -1, -1, -1]  # an id longer than the widest is not cut to a prefix
+    rows = store.rows(docids)
+    assert store.docids(rows[::-1]) == docids[::-1]
     maxima = pruned_maxima(store, 5, chunk=7)
     for term, term_id in store.term_ids.items():
         pruned = [w for _, v in kept for t, w in top_terms(v, None)[5:] if t == term]
