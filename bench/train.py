@@ -10,9 +10,11 @@ negatives, one per judged pair) with the README command's settings (``--epochs``
 * ``trainer``: today's ``train`` (sentence-transformers' trainer, the loop's batch order and
   learning-rate schedule).
 * ``inference_free``: ``train --inference-free``: queries as IDF-initialised wordpiece weights,
-  trained with the document encoder (IDF counted over the SciFact corpus).
+  trained with the document encoder (IDF counted over the SciFact corpus), with that route's
+  default learning rates (``pipeline.train.LEARNING_RATES``; query weights at 1e-2).
 
-Scored two ways, each scoring in its own process, all at once:
+Scored two ways, each scoring in its own process, one at a time (each takes both cores; six at
+once on two cores never finished):
 
 * ``pipeline``: ``run`` (encode, quantise, Lucene impact index, search, evaluate) for the
   symmetric models: the figures the README quotes.
@@ -68,12 +70,11 @@ def main() -> int:
         from pipeline.demo import DEMO_DATA
 
         dataset, queries, qrels = DEMO_DATA, DEMO_DATA / "queries.jsonl", DEMO_DATA / "qrels" / "test.tsv"
-        base_settings = TrainSettings(batch_size=4, doc_max_length=64, warmup_steps=1, lambda_warmup_steps=2)
-        epochs = 0.5
+        given, epochs = {"batch_size": 4, "doc_max_length": 64, "warmup_steps": 1, "lambda_warmup_steps": 2}, 0.5
     else:
         dataset = common.DATASETS / "scifact"
         queries, qrels = dataset / "queries-train.jsonl", dataset / "qrels" / "train.tsv"
-        base_settings, epochs = TrainSettings(), args.epochs
+        given, epochs = {}, args.epochs
     if not old_available():
         raise SystemExit(f"commit {OLD_COMMIT} is not in this clone's history: the old loop cannot run")
     result: dict = {"dataset": dataset.name, "threads_per_training": threads, "complete": False,
@@ -95,11 +96,14 @@ def main() -> int:
             (root / "triples.jsonl.tmp").write_text(text)
             (root / "triples.jsonl.tmp").replace(triples_file)
         result["triples"] = len(triples_file.read_text().splitlines())
-        settings = asdict(base_settings) | {"epochs": epochs}
+        # each route with the command's defaults for it (the transformer's learning rate differs)
+        own = {variant: asdict(TrainSettings(**given, inference_free=variant == "inference_free")) | {"epochs": epochs}
+               for variant in VARIANTS}
+        settings = own["trainer"]
         result["settings"] = settings
+        result["inference_free_settings"] = {k: v for k, v in own["inference_free"].items() if settings[k] != v}
 
         log(f"training {', '.join(VARIANTS)} at once: {epochs} epochs each")
-        own = {variant: settings | {"inference_free": variant == "inference_free"} for variant in VARIANTS}
         jobs = {variant: start_worker(variant, root, triples_file, root / variant, dataset, own[variant], threads)
                 for variant in VARIANTS}
         for variant, job in jobs.items():
@@ -109,23 +113,21 @@ def main() -> int:
             result[key] = value
             common.write_result("train", result, args, threads)
 
-        log("scoring, each in its own process: the trainer, the old loop and the base model through the "
-            "pipeline; the inference-free model, the trainer and IDF queries over splade-tiny's documents exactly")
+        log("scoring, one process at a time (each takes both cores): the trainer, the old loop and the base model "
+            "through the pipeline; the inference-free model, the trainer and IDF queries over splade-tiny's "
+            "documents exactly")
         free = str(root / "inference_free")
-        scoring = {("trainer", "pipeline"): start_scoring("pipeline", dataset, root / "eval-trainer",
-                                                         str(root / "trainer")),
-                   ("old_loop", "pipeline"): start_scoring("pipeline", dataset, root / "eval-old_loop",
-                                                          str(root / "old_loop")),
-                   ("inference_free", "exact"): start_scoring("exact", dataset, root / "exact-inference_free",
-                                                              f"{free}/document_0_Transformer", queries=free),
-                   ("trainer", "exact"): start_scoring("exact", dataset, root / "exact-trainer",
-                                                       str(root / "trainer")),
-                   ("idf_queries_base_documents", "exact"): start_scoring("exact", dataset, root / "exact-idf",
-                                                                          None, queries="idf"),
-                   ("base", "pipeline"): start_scoring("pipeline", dataset, root / "eval-base", None)}
+        scoring = {("trainer", "pipeline"): ("pipeline", root / "eval-trainer", str(root / "trainer"), None),
+                   ("old_loop", "pipeline"): ("pipeline", root / "eval-old_loop", str(root / "old_loop"), None),
+                   ("inference_free", "exact"): ("exact", root / "exact-inference_free",
+                                                 f"{free}/document_0_Transformer", free),
+                   ("trainer", "exact"): ("exact", root / "exact-trainer", str(root / "trainer"), None),
+                   ("idf_queries_base_documents", "exact"): ("exact", root / "exact-idf", None, "idf"),
+                   ("base", "pipeline"): ("pipeline", root / "eval-base", None, None)}
         result["idf_queries_base_documents"] = {"note": "untrained: IDF over the corpus as query weights"}
         result["base"] = {}
-        for (name, how), job in scoring.items():
+        for (name, how), (kind, folder, encoder, query_side) in scoring.items():
+            job = start_scoring(kind, dataset, folder, encoder, queries=query_side)
             record(name, result[name] | {how: finish_scoring(f"{name} ({how})", job)})
         record("trainer_minus_old_loop_nDCG@10",
                round(result["trainer"]["pipeline"]["nDCG@10"] - result["old_loop"]["pipeline"]["nDCG@10"], 4))

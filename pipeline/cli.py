@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, default=16, help="triples per step (default 16)")
     p.add_argument("--epochs", type=POSITIVE, default=1.0)
     p.add_argument("--max-steps", type=COUNT, default=None)
-    p.add_argument("--learning-rate", type=POSITIVE, default=3e-5)
+    p.add_argument("--learning-rate", type=POSITIVE, default=None,
+                   help="of the transformer (default 3e-5; 1e-5 with --inference-free)")
     p.add_argument("--warmup-steps", type=integer(0), default=20)
     p.add_argument("--query-max-length", type=integer(2), default=64)
     p.add_argument("--max-length", type=integer(2), default=256, help="document token limit in training (default 256)")
@@ -248,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-free", action="store_true",
                    help="queries as IDF-weighted wordpieces trained with the documents (sentence-transformers' "
                         "Router with SparseStaticEmbedding); no transformer at query time")
-    p.add_argument("--query-learning-rate", type=POSITIVE, default=1e-3,
-                   help="learning rate of the inference-free query weights (default 1e-3)")
+    p.add_argument("--query-learning-rate", type=POSITIVE, default=1e-2,
+                   help="learning rate of the inference-free query weights (default 1e-2)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda, cuda:N, mps, or auto; several GPUs: launch with torchrun (DDP)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
