@@ -11,7 +11,8 @@ negatives, one per judged pair) with the README command's settings (``--epochs``
   learning-rate schedule).
 * ``inference_free``: ``train --inference-free``: queries as IDF-initialised wordpiece weights,
   trained with the document encoder (IDF counted over the SciFact corpus), with that route's
-  default learning rates (``pipeline.train.LEARNING_RATES``; query weights at 1e-2).
+  defaults (``pipeline.train.ROUTE_DEFAULTS``: transformer at 1e-5, no document regulariser;
+  query weights at 1e-2).
 
 Scored two ways, each scoring in its own process, one at a time (each takes both cores; six at
 once on two cores never finished):

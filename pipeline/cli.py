@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-batch contrastive (v1) or margin-MSE distillation (v2, needs teacher scores)")
     p.add_argument("--regulariser", choices=("flops", "l1"), default="flops")
     p.add_argument("--lambda-q", type=number(0), default=3e-3, help="query regulariser weight (default 3e-3)")
-    p.add_argument("--lambda-d", type=number(0), default=1e-3, help="document regulariser weight (default 1e-3)")
+    p.add_argument("--lambda-d", type=number(0), default=None,
+                   help="document regulariser weight (default 1e-3; 0 with --inference-free)")
     p.add_argument("--lambda-warmup-steps", type=integer(0), default=100, help="quadratic lambda warm-up (default 100)")
     p.add_argument("--pooling", choices=("max", "sum"), default="max")
     p.add_argument("--batch-size", type=COUNT, default=16, help="triples per step (default 16)")

@@ -51,12 +51,13 @@ class Triple:
     teacher: tuple[float, float] | None = None
 
 
-# The transformer's learning rate by route (symmetric, inference-free), from bench/results/train.json
-# (SciFact's 919 triples, 2 epochs): documents trained at 3e-5 against fixed wordpiece queries drop
-# their expansions (283 -> 98 postings, even with lambda_d 0) and lose 0.048 nDCG@10 against the
-# untrained model; at 1e-5, with the query weights at 1e-2, the trained pair ends above both the
-# untrained IDF queries and the symmetric fine-tune.
-LEARNING_RATES = {False: 3e-5, True: 1e-5}
+# Defaults that differ by route (symmetric, inference-free), from bench/results/train.json (SciFact's
+# 919 triples, 2 epochs): documents trained at 3e-5 against fixed wordpiece queries drop their
+# expansions (283 -> 98 postings, with lambda_d 1e-3 or 0 alike) and lose 0.048 nDCG@10 against the
+# untrained model; at 1e-5, unregularised (they start from a sparse model and move little), with
+# the query weights at 1e-2, the trained pair ends above both the untrained IDF queries and the
+# symmetric fine-tune.
+ROUTE_DEFAULTS = {False: {"learning_rate": 3e-5, "lambda_d": 1e-3}, True: {"learning_rate": 1e-5, "lambda_d": 0.0}}
 
 
 @dataclass
@@ -65,9 +66,9 @@ class TrainSettings:
     loss: str = "contrastive"  # or "margin-mse"
     regulariser: str = "flops"  # or "l1"
     lambda_q: float = 3e-3
-    lambda_d: float = 1e-3
+    lambda_d: float | None = None  # None: the route's (ROUTE_DEFAULTS)
     lambda_warmup_steps: int = 100
-    learning_rate: float | None = None  # of the transformer; None: the route's (LEARNING_RATES)
+    learning_rate: float | None = None  # of the transformer; None: the route's (ROUTE_DEFAULTS)
     warmup_steps: int = 20
     batch_size: int = 16  # triples per forward pass (per device)
     epochs: float = 1.0
@@ -81,8 +82,9 @@ class TrainSettings:
     query_learning_rate: float = 1e-2  # of those weights (inference-free only)
 
     def __post_init__(self) -> None:
-        if self.learning_rate is None:
-            self.learning_rate = LEARNING_RATES[self.inference_free]
+        for name, value in ROUTE_DEFAULTS[self.inference_free].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -57,7 +57,15 @@ def test_idf_counts_each_wordpiece_once_per_document():
 
 
 SETTINGS = TrainSettings(batch_size=4, max_steps=2, doc_max_length=64, warmup_steps=1, lambda_warmup_steps=0,
-                         learning_rate=2e-4, inference_free=True, query_learning_rate=1e-2)
+                         learning_rate=2e-4, lambda_d=1e-3, inference_free=True, query_learning_rate=1e-2)
+
+
+def test_each_route_has_its_own_defaults_and_given_values_win():
+    symmetric, free = TrainSettings(), TrainSettings(inference_free=True)
+    assert (symmetric.learning_rate, symmetric.lambda_d) == (3e-5, 1e-3)
+    assert (free.learning_rate, free.lambda_d, free.query_learning_rate) == (1e-5, 0.0, 1e-2)
+    given = TrainSettings(inference_free=True, learning_rate=3e-5, lambda_d=1e-3)
+    assert (given.learning_rate, given.lambda_d) == (3e-5, 1e-3)
 
 
 @pytest.fixture(scope="module")
