@@ -53,7 +53,7 @@ class Triple:
 
 # Defaults that differ by route (symmetric, inference-free), from bench/results/train.json (SciFact's
 # 919 triples, 2 epochs): documents trained at 3e-5 against fixed wordpiece queries drop their
-# expansions (283 -> 98 postings, with lambda_d 1e-3 or 0 alike) and lose 0.048 nDCG@10 against the
+# expansions (283 -> 98 postings) and lose 0.048 nDCG@10 against the
 # untrained model; at 1e-5, unregularised (they start from a sparse model and move little), with
 # the query weights at 1e-2, the trained pair ends above both the untrained IDF queries and the
 # symmetric fine-tune.
