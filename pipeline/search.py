@@ -170,6 +170,18 @@ def attached() -> None:
         _THREAD.detach = _Detach()
 
 
+def legacy_query(terms: dict[str, int]):
+    """The query as the ``java.util.HashMap<String, Float>`` Anserini's own ``search(Map, k)`` takes
+    (Lucene 8 indexes), built entry by entry. Not through Jackson's ``ObjectMapper`` by name: once a
+    searcher has opened, pyjnius hands that name the typed class below, which has no ``readValue``."""
+    query_json(terms)  # the same checks as the main path: positive Java ints only
+    autoclass = jvm.autoclass
+    weights, boxed = autoclass("java.util.HashMap")(), autoclass("java.lang.Float")
+    for term, weight in terms.items():
+        weights.put(term, boxed(float(weight)))
+    return weights
+
+
 @functools.cache
 def _object_mapper_class():
     """Jackson's ObjectMapper with ``readerFor(JavaType)`` named by its signature: pyjnius picks the
@@ -223,9 +235,6 @@ class ImpactSearcher:
         self._weights = mapper.readerFor(weights)  # Map<String, Float>, what the query generator takes
         self._numbers = DocumentNumbers(remember_hits) if remember_hits > 0 else None
         self._legacy = bool(self._searcher.backwardsCompatibilityLucene8)  # Anserini sorts those differently
-        if self._legacy:  # Anserini's own search(Map, k) takes a java.util.HashMap; one mapper serves all threads
-            self._legacy_mapper = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
-            self._hash_map = autoclass("java.util.HashMap")
 
     def _top_docs(self, terms: dict[str, int], depth: int) -> str:
         """Lucene's top ``depth`` hits of one query as JSON (``top_docs``), on the calling thread."""
@@ -237,8 +246,8 @@ class ImpactSearcher:
         """Top ``depth`` hits of one query, in Lucene's order, on the calling thread."""
         if self._legacy:  # Lucene 8 indexes: Anserini's own path, which breaks ties arbitrarily
             attached()
-            hash_map = self._legacy_mapper.readValue(query_json(terms), self._hash_map)
-            return [(hit.docid, float(round(hit.score))) for hit in self._searcher.search(hash_map, depth)]
+            found = self._searcher.search(legacy_query(terms), depth)
+            return [(hit.docid, float(round(hit.score))) for hit in found]
         return sorted_hits(self._top_docs(terms, depth), self._numbers)
 
     def top_numbers(self, terms: dict[str, int], depth: int) -> tuple[np.ndarray, np.ndarray]:

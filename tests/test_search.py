@@ -305,3 +305,20 @@ def test_stored_documents_read_by_number_are_anserinis_own(demo_indexes, encoder
         assert bare.raw_many([docid for docid, _ in hits]) == [None, None, None]
     finally:
         bare.close()
+
+
+def test_legacy_query_map_is_built_after_a_searcher_has_opened(demo_indexes):
+    """Lucene 8 indexes go through Anserini's own search(Map, k). Its query map used to come from
+    Jackson's ObjectMapper fetched by name, which pyjnius answers, once any searcher has opened, with
+    the typed class this module registers (no readValue): the legacy path failed on every query."""
+    from pipeline.search import legacy_query
+
+    searcher = ImpactSearcher(demo_indexes["demo"])
+    try:
+        weights = legacy_query({"cell": 3, "the": 120})
+        assert weights.getClass().getName() == "java.util.HashMap"
+        assert {key: weights.get(key) for key in weights.keySet().toArray()} == {"cell": 3.0, "the": 120.0}
+        with pytest.raises(PipelineError, match="must be an integer"):
+            legacy_query({"cell": 1.5})
+    finally:
+        searcher.close()
