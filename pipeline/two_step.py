@@ -2,7 +2,9 @@
 
 Each query is pruned to its ``query_terms`` largest weights and searched in the first-stage index
 (documents pruned to their largest impacts, ``pipeline.first_stage``); the first ``candidates``
-hits are rescored with the full query against their full vectors from the forward store. Final
+hits, and any further hit tied with the last of them (so the candidates do not depend on how Lucene
+numbered the documents), are rescored with the full query against their full vectors from the
+forward store. Final
 scores are the exact integer dot products the exhaustive search computes, and hits are cut and
 ordered by the same rule (``pipeline.trec_order.trec_eval_order``: score as float32, then document
 id, descending), so a document found by both searches has the same score and the same place among
