@@ -237,11 +237,15 @@ class ImpactSearcher:
         self._numbers = DocumentNumbers(remember_hits) if remember_hits > 0 else None
         self._legacy = bool(self._searcher.backwardsCompatibilityLucene8)  # Anserini sorts those differently
 
-    def _top_docs(self, terms: dict[str, int], depth: int) -> str:
-        """Lucene's top ``depth`` hits of one query as JSON (``top_docs``), on the calling thread."""
+    def _query(self, terms: dict[str, int]):
+        """The Lucene query of ``terms``, as Anserini's ``BagOfWordsQueryGenerator`` builds it, on the
+        calling thread (attached to the JVM)."""
         attached()
-        query = self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
-        return self._writer.writeValueAsString(self._lucene.search(query, depth, self._sort, False))
+        return self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
+
+    def _top_docs(self, terms: dict[str, int], depth: int) -> str:
+        """Lucene's top ``depth`` hits of one query by (score, id) as JSON (``top_docs``)."""
+        return self._writer.writeValueAsString(self._lucene.search(self._query(terms), depth, self._sort, False))
 
     def _search_one(self, terms: dict[str, int], depth: int) -> list[Hit]:
         """Top ``depth`` hits of one query, in Lucene's order, on the calling thread."""
@@ -275,15 +279,13 @@ class ImpactSearcher:
             fetch = min(fetch * 2, limit)
         if len(hits) > depth:
             cut = hits[depth - 1]["score"]
-            hits = [hit for hit in hits[:depth]] + [hit for hit in hits[depth:] if hit["score"] >= cut]
+            hits = hits[:depth] + [hit for hit in hits[depth:] if hit["score"] >= cut]
         return (np.fromiter((hit["doc"] for hit in hits), dtype=np.int64, count=len(hits)),
                 np.fromiter((round(hit["score"]) for hit in hits), dtype=np.int64, count=len(hits)))
 
     def _plain_top_docs(self, terms: dict[str, int], depth: int) -> str:
         """Lucene's top ``depth`` hits by score alone (ties by document number) as Jackson's JSON."""
-        attached()
-        query = self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
-        return self._writer.writeValueAsString(self._lucene.search(query, depth))
+        return self._writer.writeValueAsString(self._lucene.search(self._query(terms), depth))
 
     def numbers_by_id(self, page: int = 1 << 18) -> Iterator[tuple[list[int], list[str]]]:
         """Every document's Lucene number and id, in id order (UTF-8 bytes, as Lucene sorts them), a
