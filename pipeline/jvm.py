@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 import re
+import threading
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -105,6 +106,13 @@ def java_command(main_class: str, *args: str, verbose: bool = False) -> list[str
 
 _started = False
 VERBOSE = False  # set by the CLI's --verbose before the JVM starts
+
+# pyjnius keeps one method object per Java class and method, and binds it to an instance at every
+# call (kivy/pyjnius#287, #563): two threads calling the same method on two instances of one class
+# can both run it on the same instance (a document read for another request, or a
+# NullPointerException). Calls on objects made per call (stored fields, documents, postings
+# enumerators, maps) hold this lock from the object's making to its last use.
+INSTANCE_CALLS = threading.RLock()
 
 
 def start(verbose: bool | None = None, options: tuple[str, ...] = ()):

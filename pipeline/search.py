@@ -177,9 +177,10 @@ def legacy_query(terms: dict[str, int]):
     searcher has opened, pyjnius hands that name the typed class below, which has no ``readValue``."""
     query_json(terms)  # the same checks as the main path: positive Java ints only
     autoclass = jvm.autoclass
-    weights, boxed = autoclass("java.util.HashMap")(), autoclass("java.lang.Float")
-    for term, weight in terms.items():
-        weights.put(term, boxed(float(weight)))
+    with jvm.INSTANCE_CALLS:  # a map made per call (see jvm)
+        weights, boxed = autoclass("java.util.HashMap")(), autoclass("java.lang.Float")
+        for term, weight in terms.items():
+            weights.put(term, boxed(float(weight)))
     return weights
 
 
@@ -406,8 +407,11 @@ class ImpactSearcher:
         ``StoredFields`` for the whole call: Lucene's are not to be shared between threads.
         """
         numbers = [self.lucene_id(docid) for docid in docids]
-        fields = self._lucene.storedFields() if any(number >= 0 for number in numbers) else None
-        return [fields.document(number).get(RAW_FIELD) if number >= 0 else None for number in numbers]
+        if not any(number >= 0 for number in numbers):
+            return [None] * len(numbers)
+        with jvm.INSTANCE_CALLS:  # a StoredFields and its Documents are made per call (see jvm)
+            fields = self._lucene.storedFields()
+            return [fields.document(number).get(RAW_FIELD) if number >= 0 else None for number in numbers]
 
     def close(self) -> None:
         self._searcher.close()

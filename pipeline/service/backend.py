@@ -68,11 +68,12 @@ class WarmSearcher(ImpactSearcher):
         multi_terms = jvm.autoclass("org.apache.lucene.index.MultiTerms")
         bytes_ref = jvm.autoclass("org.apache.lucene.util.BytesRef")
         found = {}
-        for term in terms:
-            postings = multi_terms.getTermPostingsEnum(self.reader, "contents",
-                                                       bytes_ref(term.encode("utf-8")))
-            if postings is not None and postings.advance(lucene_id) == lucene_id:
-                found[term] = int(postings.freq())
+        with jvm.INSTANCE_CALLS:  # postings enumerators are made per call (see pipeline.jvm)
+            for term in terms:
+                postings = multi_terms.getTermPostingsEnum(self.reader, "contents",
+                                                           bytes_ref(term.encode("utf-8")))
+                if postings is not None and postings.advance(lucene_id) == lucene_id:
+                    found[term] = int(postings.freq())
         return found
 
 
