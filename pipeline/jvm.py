@@ -9,6 +9,7 @@ pyserini.search.lucene``. JDK and Lucene warnings are kept off the terminal unle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -113,6 +114,33 @@ VERBOSE = False  # set by the CLI's --verbose before the JVM starts
 # NullPointerException). Calls on objects made per call (stored fields, documents, postings
 # enumerators, maps) hold this lock from the object's making to its last use.
 INSTANCE_CALLS = threading.RLock()
+
+
+class OneInstanceAtATime:
+    """For long-lived objects of one Java class (an IndexSearcher per open index): any number of
+    threads may call into the same instance at once (the binding is then always the same), but
+    calls on another instance of the class wait until none is running."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._instance: int | None = None
+        self._running = 0
+
+    @contextlib.contextmanager
+    def on(self, instance: object):
+        key = id(instance)
+        with self._changed:
+            while self._running and self._instance != key:
+                self._changed.wait()
+            self._instance, self._running = key, self._running + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                if not self._running:
+                    self._instance = None
+                    self._changed.notify_all()
 
 
 def start(verbose: bool | None = None, options: tuple[str, ...] = ()):

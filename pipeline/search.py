@@ -162,6 +162,9 @@ class _Detach:
 
 
 _THREAD = threading.local()
+# Lucene searches of different open indexes never overlap: pyjnius would bind one's search to the
+# other's IndexSearcher (pipeline.jvm); searches of one index still run side by side.
+SEARCHERS = jvm.OneInstanceAtATime()
 
 
 def attached() -> None:
@@ -246,13 +249,18 @@ class ImpactSearcher:
 
     def _top_docs(self, terms: dict[str, int], depth: int) -> str:
         """Lucene's top ``depth`` hits of one query by (score, id) as JSON (``top_docs``)."""
-        return self._writer.writeValueAsString(self._lucene.search(self._query(terms), depth, self._sort, False))
+        query = self._query(terms)
+        with SEARCHERS.on(self):
+            found = self._lucene.search(query, depth, self._sort, False)
+        return self._writer.writeValueAsString(found)
 
     def _search_one(self, terms: dict[str, int], depth: int) -> list[Hit]:
         """Top ``depth`` hits of one query, in Lucene's order, on the calling thread."""
         if self._legacy:  # Lucene 8 indexes: Anserini's own path, which breaks ties arbitrarily
             attached()
-            found = self._searcher.search(legacy_query(terms), depth)
+            query = legacy_query(terms)
+            with SEARCHERS.on(self):
+                found = self._searcher.search(query, depth)
             return [(hit.docid, float(round(hit.score))) for hit in found]
         return sorted_hits(self._top_docs(terms, depth), self._numbers)
 
@@ -286,7 +294,10 @@ class ImpactSearcher:
 
     def _plain_top_docs(self, terms: dict[str, int], depth: int) -> str:
         """Lucene's top ``depth`` hits by score alone (ties by document number) as Jackson's JSON."""
-        return self._writer.writeValueAsString(self._lucene.search(self._query(terms), depth))
+        query = self._query(terms)
+        with SEARCHERS.on(self):
+            found = self._lucene.search(query, depth)
+        return self._writer.writeValueAsString(found)
 
     def numbers_by_id(self, page: int = 1 << 18) -> Iterator[tuple[list[int], list[str]]]:
         """Every document's Lucene number and id, in id order (UTF-8 bytes, as Lucene sorts them), a
@@ -298,8 +309,9 @@ class ImpactSearcher:
             "id", autoclass("org.apache.lucene.search.SortField$Type").STRING_VAL))
         after = None
         while True:
-            found = (self._lucene.search(everything, page, by_id, False) if after is None else
-                     self._lucene.searchAfter(after, everything, page, by_id, False))
+            with SEARCHERS.on(self):
+                found = (self._lucene.search(everything, page, by_id, False) if after is None else
+                         self._lucene.searchAfter(after, everything, page, by_id, False))
             hits = top_docs(self._writer.writeValueAsString(found))
             if not hits:
                 return

@@ -346,3 +346,30 @@ def test_run_two_step_names_its_run_and_records_its_settings(tmp_path):
     assert record["pruning"]["postings_per_doc"] == 24
     with pytest.raises(PipelineError, match="--prune-docs needs --two-step"):
         run_dataset(DEMO_DATA, name="demo", root=tmp_path, prune_docs=24, progress=False, say=lambda text: None)
+
+
+def test_two_indexes_searched_at_once_each_answer_from_its_own(built, queries):
+    """pyjnius binds a Java class's method to an instance at each call: two threads searching two
+    indexes (two IndexSearchers) at once could run one's search on the other's index, silently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.first_stage import companion_folder
+
+    full = ImpactSearcher(built[1])
+    pruned = ImpactSearcher(companion_folder(built[1]) / "first-stage", first_stage=True)
+    try:
+        items = list(queries.items())
+        expected = {name: {qid: searcher.top({qid: terms}, 10)[qid] for qid, terms in items}
+                    for name, searcher in (("full", full), ("pruned", pruned))}
+        assert expected["full"] != expected["pruned"]  # the two indexes answer differently
+
+        def loop(name, searcher):
+            return sum(searcher.top({qid: terms}, 10)[qid] != expected[name][qid]
+                       for _ in range(40) for qid, terms in items)
+
+        with ThreadPoolExecutor(2) as pool:
+            wrong = list(pool.map(loop, ("full", "pruned"), (full, pruned)))
+        assert wrong == [0, 0]
+    finally:
+        full.close()
+        pruned.close()
