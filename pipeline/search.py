@@ -214,7 +214,9 @@ class ImpactSearcher:
     then reads every hit's stored document to get its id. The query map crosses into Java as one
     JSON string and the hits come back as one (Jackson on both sides); no per-term or per-hit call.
     Everything here is safe to share between threads: Lucene's ``IndexSearcher`` and Jackson's
-    reader and writer are thread-safe, and the instance keeps no per-search state.
+    reader and writer are thread-safe, and the instance keeps no per-search state. pyjnius is not
+    (``pipeline.jvm``): searches of different indexes take turns (``SEARCHERS``), reads of stored
+    fields hold ``jvm.INSTANCE_CALLS``.
     """
 
     def __init__(self, index: Path, first_stage: bool = False, remember_hits: int = 0):
