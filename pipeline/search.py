@@ -249,11 +249,12 @@ class ImpactSearcher:
         attached()
         return self._generator.buildQuery("contents", self._weights.readValue(query_json(terms)))
 
-    def _top_docs(self, terms: dict[str, int], depth: int) -> str:
-        """Lucene's top ``depth`` hits of one query by (score, id) as JSON (``top_docs``)."""
+    def _top_docs(self, terms: dict[str, int], depth: int, by_id: bool = True) -> str:
+        """Lucene's top ``depth`` hits of one query as JSON (``top_docs``): sorted by (score, id), or
+        with ``by_id`` false by score alone (ties by document number)."""
         query = self._query(terms)
         with SEARCHERS.on(self):
-            found = self._lucene.search(query, depth, self._sort, False)
+            found = self._lucene.search(query, depth, self._sort, False) if by_id else self._lucene.search(query, depth)
         return self._writer.writeValueAsString(found)
 
     def _search_one(self, terms: dict[str, int], depth: int) -> list[Hit]:
@@ -284,7 +285,7 @@ class ImpactSearcher:
         limit = min(depth + TIE_DEPTH_LIMIT, max(self.documents, 1))
         fetch = min(depth + EXTRA_DEPTH, limit)
         while True:
-            hits = top_docs(self._plain_top_docs(terms, fetch))
+            hits = top_docs(self._top_docs(terms, fetch, by_id=False))
             if len(hits) <= depth or len(hits) < fetch or fetch >= limit or hits[depth - 1]["score"] > hits[-1]["score"]:
                 break
             fetch = min(fetch * 2, limit)
@@ -293,13 +294,6 @@ class ImpactSearcher:
             hits = hits[:depth] + [hit for hit in hits[depth:] if hit["score"] >= cut]
         return (np.fromiter((hit["doc"] for hit in hits), dtype=np.int64, count=len(hits)),
                 np.fromiter((round(hit["score"]) for hit in hits), dtype=np.int64, count=len(hits)))
-
-    def _plain_top_docs(self, terms: dict[str, int], depth: int) -> str:
-        """Lucene's top ``depth`` hits by score alone (ties by document number) as Jackson's JSON."""
-        query = self._query(terms)
-        with SEARCHERS.on(self):
-            found = self._lucene.search(query, depth)
-        return self._writer.writeValueAsString(found)
 
     def numbers_by_id(self, page: int = 1 << 18) -> Iterator[tuple[list[int], list[str]]]:
         """Every document's Lucene number and id, in id order (UTF-8 bytes, as Lucene sorts them), a
