@@ -94,7 +94,7 @@ class ForwardWriter:
             self._terms.append(term_id)
             self._impacts.append(impact)
             count += 1
-        self._ids.append(docid.encode("utf-8"))
+        self._ids.append(docid.encode("utf-8", "surrogatepass"))
         self._offsets.append(self._offsets[-1] + count)
         if len(self._terms) >= FLUSH_POSTINGS:
             self._flush()
@@ -119,17 +119,12 @@ class ForwardWriter:
         for name in ("terms", "impacts"):
             _convert(self.folder / f".{name}.int64", self.folder / f"{name}.bin", types[name])
         np.asarray(self._offsets, dtype=types["offsets"]).tofile(self.folder / "offsets.bin")
-        width = max((len(i) for i in self._ids), default=1) or 1
-        ids = np.asarray(self._ids, dtype=f"S{width}")
-        order = np.argsort(ids, kind="stable")
-        ids[order].tofile(self.folder / "ids.bin")
-        order.astype(types["rows"]).tofile(self.folder / "rows.bin")
+        types["ids"] = write_ids(self.folder, self._ids, types["rows"])
         np.asarray(self._max_impact, dtype=types["max-impact"]).tofile(self.folder / "max-impact.bin")
         words = [None] * len(self._vocabulary)
         for term, term_id in self._vocabulary.items():
             words[term_id] = term
         write_atomic(self.folder / VOCABULARY, json.dumps(words, ensure_ascii=False).encode())
-        types["ids"] = ids.dtype
         lengths = {"offsets": documents + 1, "terms": postings, "impacts": postings, "ids": documents,
                    "rows": documents, "max-impact": len(words)}
         record = {"format": FORMAT, "documents": documents, "postings": postings, "vocabulary": len(words),
@@ -170,23 +165,53 @@ def read_record(folder: Path) -> dict:
 def verify(folder: Path, record: dict) -> None:
     """Every array has its recorded size and checksum: a changed or truncated file is refused."""
     folder = Path(folder)
-    for name, spec in record["arrays"].items():
-        path = folder / f"{name}.bin"
-        if not path.is_file():
-            raise InputError(path, "missing array of the forward store")
-        size = np.dtype(spec["dtype"]).itemsize * spec["length"]
-        if path.stat().st_size != size:
-            raise InputError(path, f"holds {path.stat().st_size} bytes, the record says {size}; rebuild the index")
-        if file_sha256(path) != spec["sha256"]:
-            raise InputError(path, "changed since it was built (sha256 differs from forward.json); rebuild the index")
+    check_arrays(folder, record["arrays"], RECORD)
     if file_sha256(folder / VOCABULARY) != record["vocabulary_sha256"]:
         raise InputError(folder / VOCABULARY, "changed since it was built (sha256 differs from forward.json)")
 
 
-def _map(folder: Path, name: str, spec: dict) -> np.ndarray:
+def check_arrays(folder: Path, arrays: dict[str, dict], record_name: str) -> None:
+    """Each ``NAME.bin`` of ``arrays`` has its recorded size and sha256 (stores whose record, named
+    ``record_name``, lists its arrays as ``{name: {dtype, length, sha256}}``)."""
+    for name, spec in arrays.items():
+        path = Path(folder) / f"{name}.bin"
+        if not path.is_file():
+            raise InputError(path, f"missing array (listed in {record_name}); rebuild the index")
+        size = np.dtype(spec["dtype"]).itemsize * spec["length"]
+        if path.stat().st_size != size:
+            raise InputError(path, f"holds {path.stat().st_size} bytes, the record says {size}; rebuild the index")
+        if file_sha256(path) != spec["sha256"]:
+            raise InputError(path, f"changed since it was built (sha256 differs from {record_name}); "
+                                   "rebuild the index")
+
+
+def map_array(folder: Path, name: str, spec: dict) -> np.ndarray:
+    """``NAME.bin`` memory-mapped as its record says (an empty array maps nothing)."""
     if spec["length"] == 0:
         return np.zeros(0, dtype=spec["dtype"])
     return np.memmap(Path(folder) / f"{name}.bin", dtype=spec["dtype"], mode="r", shape=(spec["length"],))
+
+
+def write_ids(folder: Path, ids: list[bytes], rows_dtype: np.dtype) -> np.dtype:
+    """``ids.bin`` (the ids sorted, fixed width) and ``rows.bin`` (each sorted id's row, rows being
+    the order ``ids`` came in); returns the ids' type. ``find_rows`` reads them back."""
+    width = max((len(i) for i in ids), default=1) or 1
+    array = np.asarray(ids, dtype=f"S{width}")
+    order = np.argsort(array, kind="stable")
+    array[order].tofile(Path(folder) / "ids.bin")
+    order.astype(rows_dtype).tofile(Path(folder) / "rows.bin")
+    return array.dtype
+
+
+def find_rows(ids: np.ndarray, rows: np.ndarray, docids: list[str]) -> np.ndarray:
+    """The row of each document id in sorted ``ids`` (``write_ids``), -1 where there is none."""
+    if not docids or not len(ids):
+        return np.full(len(docids), -1, dtype=np.int64)
+    encoded = [d.encode("utf-8", "surrogatepass") for d in docids]
+    wanted = np.asarray(encoded, dtype=ids.dtype)  # an id longer than the widest is cut: not found
+    fits = np.fromiter((len(e) <= ids.dtype.itemsize for e in encoded), dtype=bool, count=len(encoded))
+    places = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where(fits & (ids[places] == wanted), rows[places].astype(np.int64), -1)
 
 
 class ForwardStore:
@@ -197,7 +222,7 @@ class ForwardStore:
         self.record = read_record(self.folder)
         if check:
             verify(self.folder, self.record)
-        arrays = {name: _map(self.folder, name, spec) for name, spec in self.record["arrays"].items()}
+        arrays = {name: map_array(self.folder, name, spec) for name, spec in self.record["arrays"].items()}
         self.offsets, self.terms, self.impacts = arrays["offsets"], arrays["terms"], arrays["impacts"]
         self._ids, self._rows, self.max_impact = arrays["ids"], arrays["rows"], arrays["max-impact"]
         self.words: list[str] = json.loads((self.folder / VOCABULARY).read_text())
@@ -207,13 +232,7 @@ class ForwardStore:
 
     def find(self, docids: list[str]) -> np.ndarray:
         """The row of each document id, -1 where the store has none (a document without postings)."""
-        if not docids or not len(self._ids):
-            return np.full(len(docids), -1, dtype=np.int64)
-        encoded = [d.encode("utf-8") for d in docids]
-        wanted = np.asarray(encoded, dtype=self._ids.dtype)  # an id longer than the widest is cut: not found
-        fits = np.fromiter((len(e) <= self._ids.dtype.itemsize for e in encoded), dtype=bool, count=len(encoded))
-        places = np.minimum(np.searchsorted(self._ids, wanted), len(self._ids) - 1)
-        return np.where(fits & (self._ids[places] == wanted), self._rows[places].astype(np.int64), -1)
+        return find_rows(self._ids, self._rows, docids)
 
     def rows(self, docids: list[str]) -> np.ndarray:
         """The row of each document id; an id the store lacks is an inconsistency, never skipped."""
@@ -230,7 +249,7 @@ class ForwardStore:
             places = np.empty(len(self._rows), dtype=np.int64)
             places[np.asarray(self._rows, dtype=np.int64)] = np.arange(len(self._rows), dtype=np.int64)
             self._places = places
-        return [docid.decode("utf-8") for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
+        return [docid.decode("utf-8", "surrogatepass") for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
 
     def query_weights(self, query: Mapping[str, int]) -> np.ndarray:
         """The query as a dense int64 array over the store's vocabulary (terms no document has drop out:

@@ -30,6 +30,7 @@ from pipeline import __version__
 from pipeline.encoders import Options
 from pipeline.service.backend import ServedIndex, close_indexes, elapsed_ms, open_indexes
 from pipeline.service.guard import Guard, Limits, error_body
+from pipeline.texts import without_vector
 
 WEB = Path(__file__).resolve().parents[1] / "resources" / "web"
 REQUEST_ID_HEADER = "x-request-id"
@@ -342,7 +343,7 @@ def run_queries(index: ServedIndex, queries: list[tuple[str | None, str | None, 
         query_tokens = index.query_tokens(text) if text is not None else None
         query_terms = terms[key]
         candidates = []
-        page = index.stored_many([docid for docid, _ in found[key]]) if (explain or docs) else None
+        page = index.stored_many([docid for docid, _ in found[key]], vectors=explain) if (explain or docs) else None
         for rank, (docid, score) in enumerate(found[key], start=1):
             stored = page[rank - 1] if page is not None else None
             candidate: dict[str, Any] = {"docid": docid, "score": score, "rank": rank,
@@ -361,6 +362,4 @@ def run_queries(index: ServedIndex, queries: list[tuple[str | None, str | None, 
 
 
 def _without_vector(stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    if stored is None:
-        return None
-    return {key: value for key, value in stored.items() if key != "vector"}
+    return None if stored is None else without_vector(stored)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
-from pipeline import blas, encoders, jvm
+from pipeline import blas, encoders, jvm, texts
 from pipeline.errors import PipelineError
 from pipeline.explain import explain, highlights
 from pipeline.first_stage import open_companion
@@ -89,6 +89,7 @@ class ServedIndex:
     stores_text: bool
     threads: int = 1
     two_step: TwoStepSearcher | None = None  # serve --two-step: pruned first stage, exact rescoring
+    texts: texts.TextStore | None = None  # hits' stored documents without Lucene (pipeline.texts)
     documents: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,14 +122,21 @@ class ServedIndex:
         return self.searcher.search(queries, hits, threads=self.threads)[0]
 
     def stored(self, docid: str) -> dict[str, Any] | None:
-        """The document as stored (parsed JSON), or None when the index keeps no raw documents."""
-        return self.stored_many([docid])[0]
+        """The document as stored (parsed JSON, vector included), or None when the index keeps no raw
+        documents."""
+        return self.stored_many([docid], vectors=True)[0]
 
-    def stored_many(self, docids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """``stored`` of each document, read together (one page of hits)."""
+    def stored_many(self, docids: Sequence[str], vectors: bool = False) -> list[dict[str, Any] | None]:
+        """``stored`` of each document, read together (one page of hits); without ``vectors`` (a page
+        that shows text only) from the index's text store where it has one, which holds every field
+        but the vector and skips Lucene altogether."""
         if not self.stores_text:
             return [None] * len(docids)
-        return [None if raw is None else parse_stored(raw) for raw in self.searcher.raw_many(docids)]
+        if self.texts is not None and not vectors:
+            raws: Sequence[str | bytes | None] = self.texts.raw_many(docids)
+        else:
+            raws = self.searcher.raw_many(docids)
+        return [None if raw is None else parse_stored(raw) for raw in raws]
 
     def has(self, docid: str) -> bool:
         return self.searcher.lucene_id(docid) >= 0
@@ -160,7 +168,7 @@ class ServedIndex:
             self.two_step.close()
 
 
-def parse_stored(raw: str) -> dict[str, Any]:
+def parse_stored(raw: str | bytes) -> dict[str, Any]:
     """A stored document's JSON as a dict; text that is no JSON object comes back as ``{"raw": ...}``.
 
     orjson first: the stored JSON carries the document's whole vector (a few hundred terms), which
@@ -234,7 +242,7 @@ def open_indexes(indexes: dict[str, Path], threads: int | None = None,
                 loaded[key] = encoders.load_queries(spec, 1, options.device, path)
             searcher = WarmSearcher(path, remember_hits=REMEMBERED_HITS)
             served[name] = ServedIndex(name, searcher, loaded[key], record, searcher.stores_text(), threads or 1,
-                                       TwoStepSearcher(path) if two_step else None)
+                                       TwoStepSearcher(path) if two_step else None, texts.open_store(path, record))
     except BaseException:
         close_indexes(served)
         raise
