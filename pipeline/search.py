@@ -32,7 +32,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -204,6 +204,16 @@ def _object_mapper_class():
     return ObjectMapper
 
 
+def cut_settled(returned: int, fetched: int, need: int, documents: int, score: Callable[[int], float]) -> bool:
+    """Whether the first ``need`` of ``returned`` hits (asked for the best ``fetched``, best first,
+    ``score(i)`` the i-th's score) are final together with every hit tied with the ``need``-th: fewer
+    came back than asked, or the whole index was asked, or no more than ``need`` came, or the
+    ``need``-th beats the deepest fetched, so no unseen document can tie with it. The one tie rule
+    of a cut-off: the search stage deepens until it holds, and so does two-step's first stage."""
+    return (returned < fetched or fetched >= documents or returned <= need
+            or score(need - 1) > score(returned - 1))
+
+
 class ImpactSearcher:
     """Anserini's SimpleImpactSearcher over ``index``, reached through pyjnius.
 
@@ -286,7 +296,7 @@ class ImpactSearcher:
         fetch = min(depth + EXTRA_DEPTH, limit)
         while True:
             hits = top_docs(self._top_docs(terms, fetch, by_id=False))
-            if len(hits) <= depth or len(hits) < fetch or fetch >= limit or hits[depth - 1]["score"] > hits[-1]["score"]:
+            if fetch >= limit or cut_settled(len(hits), fetch, depth, self.documents, lambda i: hits[i]["score"]):
                 break
             fetch = min(fetch * 2, limit)
         if len(hits) > depth:
@@ -330,14 +340,6 @@ class ImpactSearcher:
         found = {qid: hits for part in parts for qid, hits in part.items()}
         return {qid: found[qid] for qid in queries}
 
-    def top(self, queries: dict[str, dict[str, int]], depth: int, threads: int = 1) -> dict[str, list[Hit]]:
-        """The first ``depth`` hits per query in Lucene's order (score, then document id ascending), with
-        no tie settling: deterministic whatever the index's build (the id breaks every tie), which is
-        all a candidate list needs. Queries without terms get no hits."""
-        searchable = {qid: terms for qid, terms in queries.items() if terms}
-        found = self._batch(searchable, depth, threads) if searchable else {}
-        return {qid: found.get(qid, []) for qid in queries}
-
     def _search_chunk(self, chunk: list[tuple[str, dict[str, int]]], depth: int) -> dict[str, list[Hit]]:
         return {qid: self._search_one(terms, depth) for qid, terms in chunk}
 
@@ -359,11 +361,9 @@ class ImpactSearcher:
         results = self._batch(searchable, depth, threads) if searchable else {}
         capped: set[str] = set()
         while True:
-            # A query is settled when it returned fewer hits than asked, or its last kept score beats
-            # the deepest fetched one: no unseen document can tie with what we keep.
             unsettled = {qid for qid, found in results.items()
-                         if len(found) >= depth and depth < self.documents
-                         and found[min(need[qid], len(found)) - 1][1] == found[-1][1]}
+                         if not cut_settled(len(found), depth, need[qid], self.documents,
+                                            lambda i, found=found: found[i][1])}
             if unsettled and depth >= limit:
                 capped = unsettled
                 break

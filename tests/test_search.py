@@ -322,3 +322,15 @@ def test_legacy_query_map_is_built_after_a_searcher_has_opened(demo_indexes):
             legacy_query({"cell": 1.5})
     finally:
         searcher.close()
+
+
+def test_a_cut_is_settled_only_when_no_unseen_document_can_tie_with_it():
+    from pipeline.search import cut_settled
+
+    scores = [9.0, 7.0, 7.0, 7.0]  # the best 4 fetched; the 2nd ties down to the deepest fetched
+    at = scores.__getitem__
+    assert not cut_settled(4, 4, 2, 100, at)  # a 5th document may score 7 too
+    assert cut_settled(4, 4, 1, 100, at)  # 9 beats the deepest fetched
+    assert cut_settled(4, 4, 2, 4, at)  # the whole index was asked
+    assert cut_settled(3, 4, 2, 100, scores[:3].__getitem__)  # fewer came back than asked
+    assert cut_settled(4, 8, 4, 100, at) and cut_settled(2, 4, 2, 100, at)  # no more than need came

@@ -210,7 +210,7 @@ def test_lucene_numbers_map_to_the_rows_of_the_same_documents(built, queries):
         for qid, terms in queries.items():
             found, scores = searcher.first.top_numbers(terms, 7)
             compared += len(found)
-            ranked = searcher.first.top({qid: terms}, DOCS)[qid]  # every match, by (score, id)
+            ranked = searcher.first.search({qid: terms}, DOCS)[0][qid]  # every match
             cut = ranked[min(7, len(ranked)) - 1][1] if ranked else 0
             expected = sorted(hit for hit in ranked if hit[1] >= cut)  # the first 7 and all tied with the 7th
             assert sorted((ids[n], float(s)) for n, s in zip(found.tolist(), scores.tolist())) == expected
@@ -227,7 +227,7 @@ def test_candidates_tied_at_the_cut_are_all_kept(built):
     try:
         tied = 0
         for term in sorted(searcher.store.term_ids)[:400]:
-            ranked = searcher.first.top({"q": {term: 1}}, DOCS)["q"]
+            ranked = searcher.first.search({"q": {term: 1}}, DOCS)[0]["q"]
             for depth in range(1, len(ranked)):
                 if ranked[depth - 1][1] == ranked[depth][1]:  # a tie straddles the cut at depth
                     numbers, scores = searcher.first.top_numbers({term: 1}, depth)
@@ -359,12 +359,12 @@ def test_two_indexes_searched_at_once_each_answer_from_its_own(built, queries):
     pruned = ImpactSearcher(companion_folder(built[1]) / "first-stage", first_stage=True)
     try:
         items = list(queries.items())
-        expected = {name: {qid: searcher.top({qid: terms}, 10)[qid] for qid, terms in items}
+        expected = {name: {qid: searcher.search({qid: terms}, 10)[0][qid] for qid, terms in items}
                     for name, searcher in (("full", full), ("pruned", pruned))}
         assert expected["full"] != expected["pruned"]  # the two indexes answer differently
 
         def loop(name, searcher):
-            return sum(searcher.top({qid: terms}, 10)[qid] != expected[name][qid]
+            return sum(searcher.search({qid: terms}, 10)[0][qid] != expected[name][qid]
                        for _ in range(40) for qid, terms in items)
 
         with ThreadPoolExecutor(2) as pool:
