@@ -109,6 +109,18 @@ def code_state(root: Path = ROOT) -> dict[str, Any]:
     return {"commit": commit, "clean": not dirty, "dirty_files": dirty}
 
 
+# The code as the run started: a run that takes an hour may see the checkout change under it (a
+# commit, an edit), and its modules were loaded at the start.
+STARTED = code_state()
+
+
+def run_code() -> dict[str, Any]:
+    """``code_state`` at the start of the run; when the checkout changed while it ran, also as it was at the
+    end (``changed_during_run``): the figures are the start's, modules imported later may be the end's."""
+    now = code_state()
+    return STARTED if now == STARTED else {**STARTED, "changed_during_run": now}
+
+
 def machine(threads: int | None = None) -> dict[str, Any]:
     """Everything a reader needs to know where a figure came from."""
     record: dict[str, Any] = {"cpu": cpu(), "threads": threads, "gpu": gpu(), "versions": versions(),
@@ -130,7 +142,7 @@ def write_result(name: str, result: dict[str, Any], args: argparse.Namespace,
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}{'.smoke' if args.smoke else ''}.json"
     body = {"benchmark": name, "smoke": bool(args.smoke), "command": " ".join(["python", *sys.argv]),
-            "code": code_state(), "machine": machine(threads), **result}
+            "code": run_code(), "machine": machine(threads), **result}
     text = json.dumps(body, indent=2, sort_keys=False) + "\n"
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)

@@ -69,3 +69,12 @@ def test_result_files_carry_the_code_state(tmp_path, capsys):
     assert record["code"] == common.code_state()
     if (ROOT / ".git").exists():  # a clone (CI's, a contributor's); an unpacked archive has no commit
         assert len(record["code"]["commit"]) == 40 and isinstance(record["code"]["clean"], bool)
+
+
+def test_a_result_says_when_the_checkout_changed_during_its_run(tmp_path, capsys, monkeypatch):
+    """Figures are the code's at the start; a commit made while a long run ran is recorded beside it."""
+    started = {"commit": "0" * 40, "clean": True, "dirty_files": []}
+    monkeypatch.setattr(common, "STARTED", started)
+    path = common.write_result("probe", {"figure": 1.5}, argparse.Namespace(smoke=True, results=tmp_path))
+    code = json.loads(path.read_text())["code"]
+    assert {key: code[key] for key in started} == started and code["changed_during_run"] == common.code_state()
