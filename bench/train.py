@@ -28,7 +28,10 @@ The result file is written after each figure (``"complete": false`` until the la
 cut short keeps what it measured; ``--workdir`` keeps the trained models, and the same command
 run again with it reuses the finished trainings and measures again.
 
-    python bench/train.py [--epochs 2] [--threads 1] [--workdir DIR] [--lambdas 0 0.01 0.1]
+``--seeds`` trains and scores the old loop and the trainer again with other seeds, so the gap
+between the two can be read against how much a seed alone moves it.
+
+    python bench/train.py [--epochs 2] [--threads 1] [--workdir DIR] [--lambdas 0 0.01 0.1] [--seeds 14 15]
     python bench/train.py --smoke      # the demo corpus, a few steps: checks the script works
 """
 
@@ -54,6 +57,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lambdas", type=float, nargs="*", default=[], help="lambda_d sweep of the trainer")
     parser.add_argument("--sweep-epochs", type=float, default=1.0)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                        help="more seeds: the old loop and the trainer trained and scored again with each "
+                             "(how far a seed moves the figure the two are compared on)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep triples, trained models and runs here (default: a temporary folder); "
@@ -136,6 +142,9 @@ def main() -> int:
             record(f"inference_free_minus_{other}_exact_nDCG@10",
                    round(result["inference_free"]["exact"]["nDCG@10"] - result[other]["exact"]["nDCG@10"], 4))
 
+        if args.seeds:
+            record("seed_spread", seed_spread(args.seeds, own, root, triples_file, dataset, threads, result, log))
+
         sweep = []
         for lam in args.lambdas:
             log(f"lambda_d = {lam}")
@@ -150,6 +159,34 @@ def main() -> int:
         result["complete"] = True
     common.write_result("train", result, args, threads)
     return 0
+
+
+def seed_spread(seeds: list[int], own: dict[str, dict], root: Path, triples: Path, dataset: Path, threads: int,
+                result: dict, log) -> dict:
+    """The old loop and the trainer again with each of ``seeds`` (both trained at once, then scored
+    through the pipeline one at a time): nDCG@10 per seed, the main run's seed first, and the means."""
+    import statistics
+
+    compared = ("old_loop", "trainer")
+    spread: dict = {"seeds": [own["trainer"]["seed"], *seeds],
+                    **{variant: [result[variant]["pipeline"]["nDCG@10"]] for variant in compared}}
+    for seed in seeds:
+        log(f"seed {seed}: the old loop and the trainer")
+        seeded = {variant: own[variant] | {"seed": seed} for variant in compared}
+        jobs = {variant: start_worker(variant, root, triples, root / f"{variant}-seed-{seed}", dataset,
+                                      seeded[variant], threads) for variant in compared}
+        for variant, job in jobs.items():
+            finish_worker(variant, job, seeded[variant])
+        for variant in compared:
+            figures = finish_scoring(f"{variant} seed {seed}", start_scoring(
+                "pipeline", dataset, root / f"eval-{variant}-seed-{seed}", str(root / f"{variant}-seed-{seed}")))
+            spread[variant].append(figures["nDCG@10"])
+    for variant in compared:
+        values = spread[variant]
+        spread[f"{variant}_mean"] = round(statistics.mean(values), 4)
+        spread[f"{variant}_stdev"] = round(statistics.stdev(values), 4) if len(values) > 1 else None
+    spread["trainer_minus_old_loop_mean"] = round(spread["trainer_mean"] - spread["old_loop_mean"], 4)
+    return spread
 
 
 def argparse_hidden():

@@ -39,7 +39,7 @@ SMOKE: dict[str, list[str]] = {
     "ray_encode.py": [],
     "serve.py": [],
     "scale.py": [],
-    "train.py": [],
+    "train.py": ["--seeds", "14"],
     "two_step.py": [],
 }
 LONGEST_FIRST = ["scale.py", "serve.py", "train.py", "ray_encode.py", "official.py"]  # a balanced tail
@@ -206,6 +206,9 @@ FIGURES: dict[str, dict[str, object]] = {
                                                 "base/pipeline") for key in ("nDCG@10", "R@100")},
         "inference_free/training/query_weights/start": "idf", "inference_free/training/final/lambda_q": 0.0,
         "trainer_minus_old_loop_nDCG@10": SIGNED, "inference_free_minus_trainer_exact_nDCG@10": SIGNED,
+        "seed_spread/seeds": [13, 14], "seed_spread/old_loop/1": UNIT, "seed_spread/trainer/1": UNIT,
+        "seed_spread/trainer_mean": UNIT, "seed_spread/old_loop_stdev": Between(0, 1),
+        "seed_spread/trainer_minus_old_loop_mean": SIGNED,
     },
 }
 
