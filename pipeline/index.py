@@ -328,6 +328,9 @@ def _build_index_locked(collection: Path, index: Path, threads: int, store_raw: 
     if check_index_folder(index) and not overwrite:
         existing = load_record(index)
         if manifest is not None and existing.get("collection_shards") == manifest["shards"]:
+            if store_raw and texts.FOLDER not in existing:
+                raise ConsistencyError(f"{index} was built without --store-raw (or by an earlier version, without "
+                                       "a text store); use --overwrite to rebuild it with the documents stored")
             query = query_encoder(manifest, existing)
             if query is not None and existing.get(QUERY_SIDE) != query:
                 existing = {**existing, QUERY_SIDE: query}

@@ -44,6 +44,23 @@ def test_rerun_is_a_no_op_and_overwrite_rebuilds(tmp_path, collection):
     assert said[0].startswith(f"{index}: indexed: indexed 9")
 
 
+def test_asking_to_store_documents_in_an_index_built_without_is_refused_not_ignored(tmp_path, collection):
+    index = tmp_path / "toy"
+    stages.index(collection, index, **QUIET)
+    with pytest.raises(ConsistencyError, match="built without --store-raw.*--overwrite"):
+        stages.index(collection, index, store_raw=True, **QUIET)
+    record = stages.index(collection, index, store_raw=True, overwrite=True, **QUIET)
+    assert record["texts"]["documents"] == 9  # the empty document is not in Lucene, nor in the store
+    assert "already indexed" in _said(lambda say: stages.index(collection, index, store_raw=True, say=say))
+    assert "already indexed" in _said(lambda say: stages.index(collection, index, say=say))  # more than asked
+
+
+def _said(call) -> str:
+    said: list[str] = []
+    call(said.append)
+    return said[0]
+
+
 def test_foreign_folder_is_not_overwritten(tmp_path, collection):
     target = tmp_path / "taken"
     target.mkdir()
