@@ -30,5 +30,14 @@ class ConsistencyError(PipelineError):
     """Settings disagree with what an earlier stage recorded (override with --force)."""
 
 
+class DuplicateId(ConsistencyError):
+    """Two records share a document id where documents are read back by id (the forward and text
+    stores): a look-up would have to pick one. The caller names the file and line."""
+
+    def __init__(self, docid: str):
+        super().__init__(f"duplicate document id {docid[:80]!r}")
+        self.docid = docid
+
+
 class OutputBusy(PipelineError):
     """Another process holds the lock of an output; nothing was written."""

@@ -29,15 +29,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from pipeline import forward, outputs
 from pipeline.collection import read_json, write_json
-from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.index import (COMPANION, PRUNING, QUERY_SIDE, RECORDED_SETTINGS, build_lucene_index,
-                            collection_input, impact_arguments, is_our_index, load_record, vector_records)
+from pipeline.errors import ConsistencyError, DuplicateId, InputError, PipelineError
+from pipeline.index import (COMPANION, PRUNING, QUERY_SIDE, RECORDED_SETTINGS, build_lucene_index, collection_files,
+                            collection_input, duplicate_error, impact_arguments, is_our_index, load_record,
+                            vector_records)
 from pipeline.search import ImpactSearcher
 
 COMPANION_RECORD = "two-step.json"
@@ -126,14 +127,12 @@ def companion_record(index: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def collection_records(collection: Path) -> Iterator[tuple[Path, int, dict]]:
-    """Every JsonVectorCollection record (file, line, parsed), files in the order the manifest lists them."""
+def record_files(collection: Path) -> list[Path]:
+    """The collection's JsonVectorCollection files, in the order the manifest lists them."""
     source, manifest = collection_input(collection)
     if manifest is not None:
-        files = [Path(collection) / shard["file"] for shard in manifest["shards"]]
-    else:
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    return vector_records(files)
+        return [Path(collection) / shard["file"] for shard in manifest["shards"]]
+    return collection_files(source)
 
 
 def integer_postings(path: Path, line: int, vector: dict) -> list[tuple[str, int]]:
@@ -194,8 +193,9 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: 
     files = [open(pruned_folder / f"part-{i:05d}.jsonl", "wb") for i in range(max(threads, 1))]
     writer = forward.ForwardWriter(temp / FORWARD)
     documents = empty = kept = 0
+    sources = record_files(collection)
     try:
-        for path, line, record in collection_records(collection):
+        for path, line, record in vector_records(sources):
             postings = integer_postings(path, line, record["vector"])
             if postings:
                 writer.add(record["id"], postings)
@@ -211,7 +211,10 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: 
     finally:
         for handle in files:
             handle.close()
-    store = writer.finish()
+    try:
+        store = writer.finish()
+    except DuplicateId as duplicate:
+        raise duplicate_error(sources, duplicate.docid) from None
     if store["documents"] != full["documents"]:
         raise ConsistencyError(f"{collection} holds {store['documents']} documents with postings, but {index} "
                                f"holds {full['documents']}: the collection changed since the index was built; "

@@ -32,7 +32,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.errors import ConsistencyError, DuplicateId, InputError, PipelineError
 from pipeline.outputs import file_sha256, write_atomic
 
 RECORD = "forward.json"
@@ -110,8 +110,6 @@ class ForwardWriter:
         for handle in self._raw.values():
             handle.close()
         documents, postings = len(self._ids), self._offsets[-1]
-        if len(set(self._ids)) != documents:
-            raise ConsistencyError(f"{self.folder}: duplicate document ids in the collection")
         largest = max(self._max_impact, default=0)
         types = {"offsets": np.dtype(np.uint64), "terms": smallest_unsigned(max(len(self._vocabulary) - 1, 0)),
                  "impacts": smallest_unsigned(largest), "rows": smallest_unsigned(max(documents - 1, 0)),
@@ -194,11 +192,16 @@ def map_array(folder: Path, name: str, spec: dict) -> np.ndarray:
 
 def write_ids(folder: Path, ids: list[bytes], rows_dtype: np.dtype) -> np.dtype:
     """``ids.bin`` (the ids sorted, fixed width) and ``rows.bin`` (each sorted id's row, rows being
-    the order ``ids`` came in); returns the ids' type. ``find_rows`` reads them back."""
+    the order ``ids`` came in); returns the ids' type. ``find_rows`` reads them back, so an id given
+    twice is refused (``DuplicateId``)."""
     width = max((len(i) for i in ids), default=1) or 1
     array = np.asarray(ids, dtype=f"S{width}")
     order = np.argsort(array, kind="stable")
-    array[order].tofile(Path(folder) / "ids.bin")
+    ordered = array[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(same):
+        raise DuplicateId(bytes(ordered[same[0]]).decode("utf-8", "surrogatepass"))
+    ordered.tofile(Path(folder) / "ids.bin")
     order.astype(rows_dtype).tofile(Path(folder) / "rows.bin")
     return array.dtype
 

@@ -25,7 +25,7 @@ import orjson
 
 from pipeline import jvm, outputs, texts
 from pipeline.collection import MANIFEST, PLAN, VECTORS, load_manifest, read_json, verify_vectors, write_json
-from pipeline.errors import ConsistencyError, InputError, PipelineError
+from pipeline.errors import ConsistencyError, DuplicateId, InputError, PipelineError
 from pipeline.readers import LUCENE_INT_MAX, LUCENE_TERM_BYTES
 
 RECORD = "splade-pipeline.json"
@@ -112,8 +112,7 @@ def run_indexer(source: Path, target: Path, options: list[str], verbose: bool, t
 def locate_bad_record(source: Path) -> tuple[Path, int, str] | None:
     """The first line of a JsonVectorCollection that Anserini cannot index, found after it failed:
     its log names neither file nor line, and checking only on failure costs nothing otherwise."""
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    for path in files:
+    for path in collection_files(source):
         opener = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rb") as handle:
@@ -175,10 +174,15 @@ def count_records(folder: Path) -> tuple[int, int]:
     the empty vectors counted here must then match Anserini's "empty" counter exactly.
     """
     total = empty = 0
-    for _, _, record in vector_records(sorted(p for p in folder.rglob("*") if p.is_file())):
+    for _, _, record in vector_records(collection_files(folder)):
         total += 1
         empty += not any(weight > 0 for weight in record["vector"].values())
     return total, empty
+
+
+def collection_files(source: Path) -> list[Path]:
+    """The files Anserini reads from ``source`` (a file, or every file under a folder), in name order."""
+    return [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
 
 
 def vector_records(files: Iterable[Path]) -> Iterator[tuple[Path, int, dict]]:
@@ -388,15 +392,30 @@ def write_text_store(source: Path, index: Path, documents: int, progress: bool) 
     """The index's text store from the collection it was built from; what the record says of it."""
     from tqdm import tqdm
 
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    files = collection_files(source)
     with tqdm(vector_records(files), total=documents, unit="doc", desc="texts", disable=not progress,
               file=sys.stderr) as records:
-        store = texts.write_store(index / texts.FOLDER, (record for _, _, record in records))
+        try:
+            store = texts.write_store(index / texts.FOLDER, (record for _, _, record in records))
+        except DuplicateId as duplicate:
+            raise duplicate_error(files, duplicate.docid) from None
     if store["documents"] != documents:
         raise ConsistencyError(f"{source}: {store['documents']:,} documents with a positive weight, but the index "
                                f"holds {documents:,}")
     return {"documents": store["documents"], "bytes": store["arrays"]["data"]["length"],
             "sha256": outputs.file_sha256(index / texts.FOLDER / texts.RECORD)}
+
+
+def duplicate_error(files: list[Path], docid: str) -> InputError:
+    """The second record with ``docid``, named by file and line (looked for only once one is known)."""
+    first = None
+    for path, line, record in vector_records(files):
+        if record["id"] == docid and any(weight > 0 for weight in record["vector"].values()):
+            if first is not None:
+                return InputError(path, f"duplicate document id {docid[:80]!r} (first at {first[0].name} line "
+                                        f"{first[1]}); documents are read back by id", line)
+            first = (path, line)
+    return InputError(files[0].parent if files else Path("."), f"duplicate document id {docid[:80]!r}")
 
 
 def _verify(index: Path, counters: dict[str, int], expected: tuple[int, int | None],

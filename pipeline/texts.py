@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import orjson
 
-from pipeline.errors import ConsistencyError, InputError
+from pipeline.errors import InputError
 from pipeline.forward import check_arrays, find_rows, map_array, smallest_unsigned, write_ids
 from pipeline.outputs import file_sha256, write_atomic
 
@@ -72,9 +72,6 @@ def write_store(folder: Path, records: Iterable[dict[str, Any]]) -> dict[str, An
             ids.append(record["id"].encode("utf-8", "surrogatepass"))
             offsets.append(offsets[-1] + len(text))
     documents = len(ids)
-    if len(set(ids)) != documents:
-        raise ConsistencyError(f"{folder}: duplicate document ids in the collection; the text store keeps one "
-                               "record per id")
     types = {"rows": smallest_unsigned(max(documents - 1, 0)), "offsets": np.dtype(np.uint64),
              "data": np.dtype(np.uint8)}
     types["ids"] = write_ids(folder, ids, types["rows"])

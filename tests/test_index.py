@@ -101,6 +101,17 @@ def test_plain_json_vector_collection_from_elsewhere(tmp_path):
     assert record["documents"] == 2 and "encoder" not in record
 
 
+def test_storing_documents_with_a_duplicate_id_names_both_lines_and_leaves_no_index(tmp_path):
+    folder = tmp_path / "pyserini-made"
+    write_lines(folder / "docs.jsonl", ['{"id": "a", "contents": "x", "vector": {"coral": 120}}',
+                                        '{"id": "b", "contents": "", "vector": {"reef": 0}}',
+                                        '{"id": "b", "contents": "y", "vector": {"tide": 7}}',
+                                        '{"id": "b", "contents": "z", "vector": {"tide": 8}}'])
+    with pytest.raises(InputError, match=r"docs.jsonl:4: duplicate document id 'b' \(first at docs.jsonl line 3\)"):
+        stages.index(folder, tmp_path / "idx", store_raw=True, **QUIET)
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx.building-*"))
+
+
 def test_unfinished_or_missing_collection_is_refused(tmp_path, collection):
     partial = tmp_path / "partial"
     partial.mkdir()

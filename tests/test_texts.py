@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import texts
 from pipeline.demo import collection_vectors
-from pipeline.errors import ConsistencyError, InputError
+from pipeline.errors import DuplicateId, InputError
 from pipeline.index import load_record
 from pipeline.search import ImpactSearcher
 
@@ -32,7 +32,7 @@ def test_records_come_back_without_their_vectors_and_unknown_ids_as_none(tmp_pat
 
 
 def test_duplicate_ids_are_refused(tmp_path):
-    with pytest.raises(ConsistencyError, match="duplicate document ids"):
+    with pytest.raises(DuplicateId, match="duplicate document id 'a'"):
         texts.write_store(tmp_path / texts.FOLDER, [{"id": "a", "vector": {"x": 1}}, {"id": "a", "vector": {"y": 1}}])
 
 

@@ -373,3 +373,15 @@ def test_two_indexes_searched_at_once_each_answer_from_its_own(built, queries):
     finally:
         full.close()
         pruned.close()
+
+
+def test_a_collection_with_a_duplicate_id_gets_no_companion_and_the_error_names_both_lines(tmp_path):
+    """Lucene holds both records (the full index is built), but the forward store finds vectors by id."""
+    folder = tmp_path / "made-elsewhere"
+    folder.mkdir()
+    (folder / "docs.jsonl").write_text('{"id": "a", "contents": "", "vector": {"coral": 3}}\n'
+                                       '{"id": "b", "contents": "", "vector": {"reef": 2}}\n'
+                                       '{"id": "a", "contents": "", "vector": {"tide": 1}}\n')
+    with pytest.raises(InputError, match=r"docs.jsonl:3: duplicate document id 'a' \(first at docs.jsonl line 1\)"):
+        stages.index(folder, tmp_path / "index", prune_docs=2, say=QUIET["say"])
+    assert not companion_folder(tmp_path / "index").exists() and not list(tmp_path.glob(".*building*"))
