@@ -4,8 +4,8 @@
 compressed blocks. The service shows a page of hits with their text: reading ten records back
 through Lucene costs ten block decompressions of records that are mostly vector (a few hundred
 terms), ten JNI round trips under the lock pyjnius needs (``pipeline.jvm``), and the parse of
-vectors that are then dropped: about half a millisecond of every request, and most of a k=1000
-response's time. So the index stage also writes each record without its vector into flat arrays,
+vectors that are then dropped: most of the service's own time per request at k=10 and most of a
+k=1000 response's (bench/results/serve-ab/). So the index stage also writes each record without its vector into flat arrays,
 memory-mapped when read, as the forward store keeps vectors (``pipeline.forward``)::
 
     indexes/NAME/texts/
