@@ -398,12 +398,15 @@ class WordPieces:
     _cache: dict[str, "WordPieces"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, folder: str):
-        path = Path(folder) / "tokenizer.json"
-        if path.is_file():
+    def __init__(self, folder: str | None = None, loaded=None):
+        """From a checkpoint ``folder``, or a copy of the Rust tokenizer inside ``loaded``, a Hugging
+        Face fast tokenizer already loaded (its own settings change per call; the copy's never do)."""
+        path = Path(folder) / "tokenizer.json" if folder is not None else None
+        if loaded is not None or path.is_file():
             from tokenizers import Tokenizer
 
-            self._fast = Tokenizer.from_file(str(path))
+            self._fast = (Tokenizer.from_str(loaded.backend_tokenizer.to_str()) if loaded is not None
+                          else Tokenizer.from_file(str(path)))
             self._fast.no_padding()
             self._fast.no_truncation()
             self.vocab: dict[str, int] = self._fast.get_vocab()
@@ -633,6 +636,10 @@ class ModelQueries:
         self.encoder = encoder
         self.scale, self.quantisation = scale, quantisation
         self._lock = threading.Lock()  # a fast tokenizer's settings are mutated per call
+        # spans through a copy of the Rust tokenizer: no lock shared with encoding, no Python wrapper
+        # (the service asks for a query's tokens on every request)
+        fast = getattr(encoder.tokenizer, "backend_tokenizer", None) is not None
+        self._pieces = WordPieces(loaded=encoder.tokenizer) if fast else None
 
     def vectors(self, texts: Sequence[str], batch_size: int = 32,
                 on_batch: Callable[[int], object] | None = None) -> list[SparseVector]:
@@ -647,6 +654,8 @@ class ModelQueries:
                 for vector in self.vectors(texts, batch_size, on_batch)]
 
     def spans(self, text: str) -> list[tuple[str, int, int]]:
+        if self._pieces is not None:
+            return self._pieces.spans(text)
         from pipeline.explain import token_spans
 
         with self._lock:

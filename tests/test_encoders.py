@@ -336,3 +336,18 @@ def test_service_serves_an_inference_free_index_without_a_model(built, router_in
         assert any(expected.values())
     finally:
         close_indexes(served)
+
+
+def test_query_spans_equal_the_tokenizers_own_for_any_text_and_are_never_truncated(encoder):
+    """The service marks expansions and highlights with a query's spans, read through a copy of the
+    Rust tokenizer: the same tokens and offsets as the loaded tokenizer, whatever its last call set."""
+    from pipeline.encoders import ModelQueries
+    from pipeline.explain import token_spans
+
+    queries = ModelQueries(encoder, 100, "scale")
+    long = " ".join(["Vitamin D deficiency"] * 400)  # beyond the 512-token limit
+    encoder.tokenize([long])  # the wrapper's truncation is set on the shared Rust tokenizer
+    for text in ("Ünïcode café naïve 東京", "  spaced\tout \n text ", "0-dimensional biomaterials", long):
+        spans = queries.spans(text)
+        assert spans == token_spans(encoder.tokenizer, text)
+        assert spans and spans[-1][2] == len(text.rstrip())
