@@ -41,7 +41,7 @@ from pipeline import jvm
 from pipeline.collection import write_atomic
 from pipeline.errors import ConsistencyError, InputError, PipelineError
 from pipeline.index import PRUNING, load_record
-from pipeline.trec_order import trec_eval_order
+from pipeline.trec_order import trec_eval_order, within_cut
 from pipeline.readers import LUCENE_INT_MAX
 
 Hit = tuple[str, float]
@@ -299,11 +299,10 @@ class ImpactSearcher:
             if fetch >= limit or cut_settled(len(hits), fetch, depth, self.documents, lambda i: hits[i]["score"]):
                 break
             fetch = min(fetch * 2, limit)
-        if len(hits) > depth:
-            cut = hits[depth - 1]["score"]
-            hits = hits[:depth] + [hit for hit in hits[depth:] if hit["score"] >= cut]
-        return (np.fromiter((hit["doc"] for hit in hits), dtype=np.int64, count=len(hits)),
-                np.fromiter((round(hit["score"]) for hit in hits), dtype=np.int64, count=len(hits)))
+        numbers = np.fromiter((hit["doc"] for hit in hits), dtype=np.int64, count=len(hits))
+        scores = np.fromiter((round(hit["score"]) for hit in hits), dtype=np.int64, count=len(hits))
+        keep = within_cut(scores, depth)  # best first still: positions come back in order
+        return numbers[keep], scores[keep]
 
     def numbers_by_id(self, page: int = 1 << 18) -> Iterator[tuple[list[int], list[str]]]:
         """Every document's Lucene number and id, in id order (UTF-8 bytes, as Lucene sorts them), a
