@@ -53,6 +53,17 @@ def top_terms(terms: Mapping[str, int], keep: int | None) -> list[tuple[str, int
     return ordered if keep is None else ordered[:keep]
 
 
+def id_bytes(docid: str) -> bytes:
+    """A document id as the stores keep it (UTF-8; a lone surrogate, which JSON admits, kept as is):
+    the writers and ``find_rows`` must agree byte for byte."""
+    return docid.encode("utf-8", "surrogatepass")
+
+
+def id_text(stored: bytes) -> str:
+    """``id_bytes`` undone."""
+    return stored.decode("utf-8", "surrogatepass")
+
+
 def smallest_unsigned(largest: int) -> np.dtype:
     """The narrowest unsigned integer type that holds ``largest``."""
     for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -94,7 +105,7 @@ class ForwardWriter:
             self._terms.append(term_id)
             self._impacts.append(impact)
             count += 1
-        self._ids.append(docid.encode("utf-8", "surrogatepass"))
+        self._ids.append(id_bytes(docid))
         self._offsets.append(self._offsets[-1] + count)
         if len(self._terms) >= FLUSH_POSTINGS:
             self._flush()
@@ -200,7 +211,7 @@ def write_ids(folder: Path, ids: list[bytes], rows_dtype: np.dtype) -> np.dtype:
     ordered = array[order]
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
     if len(same):
-        raise DuplicateId(bytes(ordered[same[0]]).decode("utf-8", "surrogatepass"))
+        raise DuplicateId(id_text(bytes(ordered[same[0]])))
     ordered.tofile(Path(folder) / "ids.bin")
     order.astype(rows_dtype).tofile(Path(folder) / "rows.bin")
     return array.dtype
@@ -210,7 +221,7 @@ def find_rows(ids: np.ndarray, rows: np.ndarray, docids: list[str]) -> np.ndarra
     """The row of each document id in sorted ``ids`` (``write_ids``), -1 where there is none."""
     if not docids or not len(ids):
         return np.full(len(docids), -1, dtype=np.int64)
-    encoded = [d.encode("utf-8", "surrogatepass") for d in docids]
+    encoded = [id_bytes(d) for d in docids]
     wanted = np.asarray(encoded, dtype=ids.dtype)  # an id longer than the widest is cut: not found
     fits = np.fromiter((len(e) <= ids.dtype.itemsize for e in encoded), dtype=bool, count=len(encoded))
     places = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
@@ -252,7 +263,7 @@ class ForwardStore:
             places = np.empty(len(self._rows), dtype=np.int64)
             places[np.asarray(self._rows, dtype=np.int64)] = np.arange(len(self._rows), dtype=np.int64)
             self._places = places
-        return [docid.decode("utf-8", "surrogatepass") for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
+        return [id_text(docid) for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
 
     def query_weights(self, query: Mapping[str, int]) -> np.ndarray:
         """The query as a dense int64 array over the store's vocabulary (terms no document has drop out:

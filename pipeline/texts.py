@@ -5,8 +5,9 @@ compressed blocks. The service shows a page of hits with their text: reading ten
 through Lucene costs ten block decompressions of records that are mostly vector (a few hundred
 terms), ten JNI round trips under the lock pyjnius needs (``pipeline.jvm``), and the parse of
 vectors that are then dropped: most of the service's own time per request at k=10 and most of a
-k=1000 response's (bench/results/serve-ab/). So the index stage also writes each record without its vector into flat arrays,
-memory-mapped when read, as the forward store keeps vectors (``pipeline.forward``)::
+k=1000 response's (bench/results/serve-ab/). So the index stage also writes each record without
+its vector into flat arrays, memory-mapped when read, as the forward store keeps vectors
+(``pipeline.forward``)::
 
     indexes/NAME/texts/
         texts.json    record: documents, array types, checksums (written last)
@@ -29,7 +30,7 @@ import numpy as np
 import orjson
 
 from pipeline.errors import InputError
-from pipeline.forward import check_arrays, find_rows, map_array, smallest_unsigned, write_ids
+from pipeline.forward import check_arrays, find_rows, id_bytes, map_array, smallest_unsigned, write_ids
 from pipeline.outputs import file_sha256, write_atomic
 
 FOLDER = "texts"  # the store's subfolder of an index
@@ -69,7 +70,7 @@ def write_store(folder: Path, records: Iterable[dict[str, Any]]) -> dict[str, An
                 continue
             text = stored_json(record)
             data.write(text)
-            ids.append(record["id"].encode("utf-8", "surrogatepass"))
+            ids.append(id_bytes(record["id"]))
             offsets.append(offsets[-1] + len(text))
     documents = len(ids)
     types = {"rows": smallest_unsigned(max(documents - 1, 0)), "offsets": np.dtype(np.uint64),

@@ -9,8 +9,8 @@ Sharing between request threads: one in-process JVM serves every thread (fixed h
 runs, and the thread leaves the JVM when it ends (``pipeline.search.attached``). One
 ``ImpactSearcher`` per index is shared by all threads: Lucene's ``IndexSearcher`` is thread-safe
 and the searcher keeps no per-search state (pyjnius is not: searches of two indexes take turns and
-stored-field and postings reads hold one lock, ``pipeline.jvm``). One torch model per encoder is shared too: the forward
-pass keeps no state and torch releases the GIL inside its kernels; a query is encoded alone,
+stored-field and postings reads hold one lock, ``pipeline.jvm``). One torch model per encoder is
+shared too: the forward pass keeps no state and torch releases the GIL inside its kernels; a query is encoded alone,
 unpadded, exactly as the search stage encodes it. Only tokenisation holds a lock, because a Hugging
 Face fast tokenizer's settings are mutated per call and must not be borrowed by two threads at
 once; it takes tens of microseconds.
