@@ -34,14 +34,13 @@ import fcntl
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -52,7 +51,12 @@ MSMARCO = common.DATASETS / "msmarco-passage-dl-pool" / "collection.tsv"
 TOPICS = common.DATASETS / "msmarco-passage-topics" / "queries"
 TARGET = 8_841_823  # passages in MS MARCO v1
 SEED = 12
-SEISMIC_SETTINGS = ({"query_cut": 10, "heap_factor": 0.7}, {"query_cut": 20, "heap_factor": 0.9})
+# the first two are the settings of Seismic's own examples; the rest trade speed for recall (a heap
+# factor under 1 skips fewer blocks), so that Seismic and two-step can be compared at equal recall
+SEISMIC_SETTINGS = ({"query_cut": 10, "heap_factor": 0.7}, {"query_cut": 20, "heap_factor": 0.9},
+                    {"query_cut": 10, "heap_factor": 0.5}, {"query_cut": 10, "heap_factor": 0.3},
+                    {"query_cut": 20, "heap_factor": 0.5}, {"query_cut": 20, "heap_factor": 0.3})
+MATCHED_RECALL = (0.9, 0.95, 0.97, 0.98, 0.99)  # recall@10 levels at which the engines are compared
 BMP_SETTINGS = ({"alpha": 1.0, "beta": 1.0}, {"alpha": 0.9, "beta": 1.0})
 BMP_MAX = 255  # BMP stores 8-bit impacts
 
@@ -301,8 +305,10 @@ def stage_lucene(index: str, queries: str, ks: list[int], threads: list[int], ex
     return out
 
 
-def stage_seismic(jsonl: str, queries: str, exact: str, threads: list[int]) -> dict[str, Any]:
-    """Seismic as its users run it: SeismicIndex.build on a JSONL file, default build settings."""
+def stage_seismic(jsonl: str, queries: str, exact: str, threads: list[int], settings: list[dict[str, float]]
+                  ) -> dict[str, Any]:
+    """Seismic as its users run it: SeismicIndex.build on a JSONL file, default build settings; searched
+    with each of ``settings`` (query_cut, heap_factor)."""
     try:
         import seismic
     except ImportError:
@@ -318,7 +324,7 @@ def stage_seismic(jsonl: str, queries: str, exact: str, threads: list[int]) -> d
     comps = [np.array(list(v), dtype=kind) for v in qs.values()]
     vals = [np.array(list(v.values()), dtype=np.float32) for v in qs.values()]
     runs = []
-    for setting in SEISMIC_SETTINGS:
+    for setting in settings:
         times, found = [], {}
         for qid, c, v in zip(qs, comps, vals):
             begin = time.perf_counter()
@@ -500,6 +506,7 @@ def sample_tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
 
 LOCK_WAIT: list[float | None] = [None]  # --lock-wait, set by main
 CACHED_ONLY = [False]  # --cached-only, set by main
+RERUN: set[str] = set()  # --rerun: stage names measured again even where a record with the same args exists
 
 
 def cached(work: Path, label: str, args: dict[str, Any]) -> bool:
@@ -517,7 +524,7 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     record_path = work / "stages" / f"{label}.json"
     if record_path.exists():
         cached = json.loads(record_path.read_text())
-        if cached.get("args") == args:
+        if cached.get("args") == args and name not in RERUN:
             print(f"[scale] {label}: reused from {record_path}", file=sys.stderr)
             return cached
     if CACHED_ONLY[0]:
@@ -546,7 +553,10 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     record = {"args": args, "result": result, "wall_seconds": round(wall, 2),
               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
               "peak_tree_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None, "bench_lock": lock_state,
-              "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+              "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+              # where a later run reuses this record, what measured it
+              "measured": {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "commit": common.STARTED.get("commit"), "clean": common.STARTED.get("clean")}}
     write_json_atomic(record_path, record)
     print(f"[scale] {label}: {wall:.1f} s, peak RSS {record['peak_rss_mb']} MB", file=sys.stderr, flush=True)
     return record
@@ -556,6 +566,44 @@ def child_main(name: str, args: str, out: str) -> int:
     result = STAGES[name](**json.loads(args))
     write_json_atomic(Path(out), result)
     return 0
+
+
+# -- engines at equal recall ------------------------------------------------------------------------
+
+def fastest_at(rows: list[dict[str, Any]], level: float, name: Callable[[dict[str, Any]], str]
+               ) -> dict[str, Any] | None:
+    """The setting with the lowest p50 among ``rows`` whose recall@10 reaches ``level`` (None: none does)."""
+    reaching = [row for row in rows if row.get("recall@10", 0.0) >= level]
+    if not reaching:
+        return None
+    best = min(reaching, key=lambda row: row["latency_1_thread"]["p50_ms"])
+    return {"setting": name(best), "p50_ms": best["latency_1_thread"]["p50_ms"], "recall@10": best["recall@10"]}
+
+
+def matched_recall(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """At each recall@10 level, the fastest two-step setting and the fastest Seismic setting that reach
+    it (k=10, one query at a time), beside exhaustive Lucene (recall 1): the engines compared at equal
+    recall, not each at a setting of its own choosing."""
+    two_step = [row for row in entry.get("two_step", {}).get("result", {}).get("settings", []) if row["k"] == 10]
+    seismic = entry.get("seismic", {}).get("result", {}).get("k=10") or []
+    lucene = entry.get("lucene", {}).get("result", {}).get("k=10", {}).get("latency_1_thread", {}).get("p50_ms")
+    return [{"recall@10_at_least": level,
+             "two_step": fastest_at(two_step, level, lambda r: f"{r['query_terms'] or 'all'} terms, k' {r['candidates']}"),
+             "seismic": fastest_at(seismic, level, lambda r: f"query_cut {r['query_cut']}, heap_factor {r['heap_factor']}"),
+             "lucene_exhaustive_p50_ms": lucene} for level in MATCHED_RECALL]
+
+
+def matched_recall_table(matched: dict[str, list[dict[str, Any]]]) -> str:
+    cell = lambda found: "not reached" if found is None else \
+        f"{found['p50_ms']:.2f} ms ({found['setting']}; {found['recall@10']:.4f})"
+    lines = ["| documents | recall@10 at least | two-step p50 (setting; recall@10) | Seismic p50 (setting; recall@10) "
+             "| exhaustive Lucene p50 |", "|---|---|---|---|---|"]
+    for size, rows in matched.items():
+        for row in rows:
+            lucene = row["lucene_exhaustive_p50_ms"]
+            lines.append(f"| {int(size):,} | {row['recall@10_at_least']} | {cell(row['two_step'])} | "
+                         f"{cell(row['seismic'])} | {'-' if lucene is None else f'{lucene:.2f} ms'} |")
+    return "\n".join(lines)
 
 
 # -- growth ---------------------------------------------------------------------------------------
@@ -743,6 +791,9 @@ def main() -> int:
     parser.add_argument("--real", type=Path, default=None,
                         help="a finished encode-stage collection of the same corpus (splade-tiny, max, scale 100) "
                              "to copy instead of encoding the passages again")
+    parser.add_argument("--rerun", nargs="*", default=[], choices=sorted(STAGES),
+                        help="stages measured again even where a record with the same arguments exists (e.g. "
+                             "lucene seismic two_step: a same-run comparison after the code changed)")
     parser.add_argument("--lock", default=None, help="flock this file around each timed stage (e.g. /tmp/bench.lock)")
     parser.add_argument("--lock-wait", type=float, default=None,
                         help="seconds to wait for --lock before running a stage without it (recorded)")
@@ -757,6 +808,7 @@ def main() -> int:
     smoke = args.smoke
     LOCK_WAIT[0] = args.lock_wait
     CACHED_ONLY[0] = args.cached_only
+    RERUN.update(args.rerun)
     if smoke:
         args.sizes, args.dev_queries = [1000, 2000], 5
         args.engine_sizes = args.engine_sizes or [2000]
@@ -839,7 +891,7 @@ def main() -> int:
             jsonl = work / "seismic" / f"{n}.jsonl"
             label, stage_args = f"seismic-{n}-{args.dev_queries}", {
                 "jsonl": str(jsonl), "queries": str(queries), "exact": str(exact),
-                "threads": sorted({1, args.threads})}
+                "threads": sorted({1, args.threads}), "settings": list(SEISMIC_SETTINGS)}
             if not (cached(work, label, stage_args) or args.cached_only):
                 jsonl.parent.mkdir(parents=True, exist_ok=True)
                 concatenate(files, jsonl)
@@ -871,6 +923,9 @@ def main() -> int:
 
     rows, table = growth_table(per_size)
     print(table, file=sys.stderr)
+    matched = {str(n): matched_recall(entry) for n, entry in per_size.items() if "lucene" in entry}  # searched sizes
+    matched_table = matched_recall_table(matched)
+    print(matched_table, file=sys.stderr)
     result = {
         "sizes": sizes, "part_size": part_size, "target_documents": TARGET,
         "real_collection": {"corpus": str(MSMARCO if not smoke else corpus), **stages["encode"]["result"]},
@@ -880,6 +935,7 @@ def main() -> int:
         "by_size": {str(n): {name: {k: v for k, v in record.items() if k != "args"} for name, record in entry.items()}
                     for n, entry in per_size.items()},
         "growth": rows, "growth_table": table,
+        "matched_recall_k10": matched, "matched_recall_table": matched_table,
         "real_vectors": {name: {k: v for k, v in record.items() if k != "args"} for name, record in real_vectors.items()},
         "notes": ["Lucene latency is one query at a time through pipeline.search.ImpactSearcher (what the search "
                   "stage and the service use: Anserini's BagOfWordsQueryGenerator query, Lucene's IndexSearcher "
@@ -937,8 +993,12 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
                              label=f"exhaustive Lucene, {label}")
             seismic = entries[label].get("seismic", {}).get("result", {}).get(f"k={k}")
             if k == 10 and seismic:
-                axis.scatter([seismic[0]["recall@10"]], [seismic[0]["latency_1_thread"]["p50_ms"]], color=color,
-                             marker="^", s=40, label=f"Seismic, {label}")
+                axis.scatter([row["recall@10"] for row in seismic], [row["latency_1_thread"]["p50_ms"] for row in seismic],
+                             color=color, marker="^", s=40, label=f"Seismic, {label}")
+                for row in seismic:
+                    axis.annotate(f"S {row['query_cut']}/{row['heap_factor']}",
+                                  (row["recall@10"], row["latency_1_thread"]["p50_ms"]), fontsize=6, xytext=(2, -7),
+                                  textcoords="offset points")
         axis.set_title(f"k={k} (labels: query terms / candidates)")
         axis.set_xlabel(f"recall@{k} against the exhaustive top {k}")
         axis.set_ylabel("latency p50, ms (one query, one thread)")

@@ -110,6 +110,8 @@ FIGURES: dict[str, dict[str, object]] = {
         "by_size/2000/index/result/counters/indexed": 2000, "by_size/2000/index/result/counters/errors": 0,
         "by_size/2000/lucene/result/queries": 7, "by_size/2000/lucene/result/k=10/latency_1_thread/p50_ms": TIME,
         "by_size/2000/seismic/result/k=10/0/recall@10": UNIT, "growth/1/figure": "index size, MB",
+        "by_size/2000/seismic/result/k=10/5/recall@10": UNIT, "by_size/2000/seismic/result/k=10/5/heap_factor": 0.3,
+        "matched_recall_k10/2000/0/recall@10_at_least": 0.9, "matched_recall_k10/2000/4/recall@10_at_least": 0.99,
         "by_size/2000/companion/result/prune_docs": 128, "by_size/2000/companion/result/companion_mb": TIME,
         "by_size/2000/two_step/result/queries": 7, "by_size/2000/two_step/result/settings/0/recall@10": UNIT,
         "by_size/2000/two_step/result/settings/0/latency_1_thread/p50_ms": TIME,
