@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,10 +114,15 @@ def code_state(root: Path = ROOT) -> dict[str, Any]:
 STARTED = code_state()
 
 
-def run_code() -> dict[str, Any]:
+def run_code(outputs: Sequence[Path] = ()) -> dict[str, Any]:
     """``code_state`` at the start of the run; when the checkout changed while it ran, also as it was at the
-    end (``changed_during_run``): the figures are the start's, modules imported later may be the end's."""
+    end (``changed_during_run``): the figures are the start's, modules imported later may be the end's.
+    ``outputs``: files the run itself wrote into the checkout (a plot under docs/), which are no change."""
     now = code_state()
+    own = {str(Path(path).resolve().relative_to(ROOT)) for path in outputs if Path(path).resolve().is_relative_to(ROOT)}
+    if own and now.get("dirty_files") is not None:
+        dirty = [path for path in now["dirty_files"] if path not in own or path in STARTED.get("dirty_files", [])]
+        now = {**now, "clean": not dirty, "dirty_files": dirty}
     return STARTED if now == STARTED else {**STARTED, "changed_during_run": now}
 
 
@@ -136,13 +141,14 @@ def machine(threads: int | None = None) -> dict[str, Any]:
 
 
 def write_result(name: str, result: dict[str, Any], args: argparse.Namespace,
-                 threads: int | None = None) -> Path:
-    """Write ``NAME.json`` (``NAME.smoke.json`` in smoke mode) with the machine record; print it."""
+                 threads: int | None = None, outputs: Sequence[Path] = ()) -> Path:
+    """Write ``NAME.json`` (``NAME.smoke.json`` in smoke mode) with the machine record; print it.
+    ``outputs``: other files the run wrote inside the checkout (``run_code``)."""
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}{'.smoke' if args.smoke else ''}.json"
     body = {"benchmark": name, "smoke": bool(args.smoke), "command": " ".join(["python", *sys.argv]),
-            "code": run_code(), "machine": machine(threads), **result}
+            "code": run_code(outputs), "machine": machine(threads), **result}
     text = json.dumps(body, indent=2, sort_keys=False) + "\n"
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)

@@ -960,7 +960,8 @@ def main() -> int:
         plot = Path(args.results) / "two_step_tradeoff.smoke.png" if smoke else common.ROOT / "docs" / "two_step_tradeoff.png"
         result["two_step_plot"] = str(plot) if plot_two_step({**{str(n): e for n, e in per_size.items()},
                                                               "real": real_vectors}, plot) else None
-    common.write_result("scale", result, args, threads=args.threads)
+    common.write_result("scale", result, args, threads=args.threads,
+                        outputs=[Path(result["two_step_plot"])] if result.get("two_step_plot") else [])
     return 0
 
 

@@ -268,7 +268,7 @@ def lucene_rows(first_stage: Path, store: forward.ForwardStore) -> np.ndarray:
 def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 << 16) -> np.ndarray:
     """Per term, the largest impact that the first stage does not hold: a row's postings past its
     first ``prune_docs`` (the store keeps rows largest first). Zero for a term never pruned."""
-    maxima = np.zeros(len(store.words), dtype=store.impacts.dtype)
+    maxima = np.zeros(len(store.words), dtype=store.max_impact.dtype)
     offsets = np.asarray(store.offsets, dtype=np.int64)
     for lo in range(0, store.documents, chunk):
         hi = min(lo + chunk, store.documents)
@@ -278,8 +278,8 @@ def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 <
         rank = np.arange(last - first, dtype=np.int64) - np.repeat(starts - first, lengths)
         pruned = rank >= prune_docs
         if pruned.any():
-            np.maximum.at(maxima, np.asarray(store.terms[first:last])[pruned],
-                          np.asarray(store.impacts[first:last])[pruned])
+            terms, impacts = store.read_postings(first, last)
+            np.maximum.at(maxima, terms[pruned].astype(np.intp), impacts[pruned].astype(maxima.dtype))
     return maxima
 
 

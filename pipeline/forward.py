@@ -12,8 +12,8 @@ Layout of a ``forward/`` folder (every ``.bin`` is a raw little-endian array who
     forward.json      record: documents, postings, array types, checksums
     vocabulary.json   term strings; a term's id is its position
     offsets.bin       row r's postings are [offsets[r], offsets[r + 1])
-    terms.bin         term id of every posting, row by row
-    impacts.bin       integer impact of every posting (the JsonVectorCollection's weight, unchanged)
+    postings.bin      every posting, row by row, as one integer: term id << impact_bits | impact
+                      (the impact being the JsonVectorCollection's weight, unchanged)
     ids.bin           document ids (UTF-8, fixed width), sorted, so a row is found by binary search
     rows.bin          the row of each sorted id
     max-impact.bin    per term: its largest impact in the collection (for bounds)
@@ -21,6 +21,11 @@ Layout of a ``forward/`` folder (every ``.bin`` is a raw little-endian array who
 Within a row postings are ordered by impact, largest first, ties by term string (``top_terms``'s
 order): keeping a row's first N postings is keeping its N largest, so a pruned first stage and
 its bounds are read off the store without sorting again.
+
+A posting's term and impact share one integer (4 bytes for BERT's vocabulary and impacts under
+65,536) rather than sitting in two arrays: rescoring reads a few thousand rows scattered over the
+store, and each row is then one run of memory instead of two (at 2,000 candidates on a million
+documents, 3.7 -> 2.3 ms a query here, measured ad hoc).
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from pipeline.outputs import file_sha256, write_atomic
 
 RECORD = "forward.json"
 VOCABULARY = "vocabulary.json"
-ARRAYS = ("offsets", "terms", "impacts", "ids", "rows", "max-impact")
-FORMAT = "splade-pipeline forward store 1"
+ARRAYS = ("offsets", "postings", "ids", "rows", "max-impact")
+FORMAT = "splade-pipeline forward store 2"
+EARLIER_FORMATS = ("splade-pipeline forward store 1",)  # terms and impacts in two arrays
 FLUSH_POSTINGS = 1 << 20  # postings buffered in Python lists before they go to disk
 CONVERT_CHUNK = 1 << 24  # elements converted at a time when the final types are chosen
 
@@ -122,11 +128,12 @@ class ForwardWriter:
             handle.close()
         documents, postings = len(self._ids), self._offsets[-1]
         largest = max(self._max_impact, default=0)
-        types = {"offsets": np.dtype(np.uint64), "terms": smallest_unsigned(max(len(self._vocabulary) - 1, 0)),
-                 "impacts": smallest_unsigned(largest), "rows": smallest_unsigned(max(documents - 1, 0)),
-                 "max-impact": smallest_unsigned(largest)}
-        for name in ("terms", "impacts"):
-            _convert(self.folder / f".{name}.int64", self.folder / f"{name}.bin", types[name])
+        bits = impact_bits(largest)
+        types = {"offsets": np.dtype(np.uint64),
+                 "postings": smallest_unsigned((max(len(self._vocabulary) - 1, 0) << bits) | largest),
+                 "rows": smallest_unsigned(max(documents - 1, 0)), "max-impact": smallest_unsigned(largest)}
+        _pack(self.folder / ".terms.int64", self.folder / ".impacts.int64", self.folder / "postings.bin",
+              bits, types["postings"])
         np.asarray(self._offsets, dtype=types["offsets"]).tofile(self.folder / "offsets.bin")
         types["ids"] = write_ids(self.folder, self._ids, types["rows"])
         np.asarray(self._max_impact, dtype=types["max-impact"]).tofile(self.folder / "max-impact.bin")
@@ -134,10 +141,10 @@ class ForwardWriter:
         for term, term_id in self._vocabulary.items():
             words[term_id] = term
         write_atomic(self.folder / VOCABULARY, json.dumps(words, ensure_ascii=False).encode())
-        lengths = {"offsets": documents + 1, "terms": postings, "impacts": postings, "ids": documents,
-                   "rows": documents, "max-impact": len(words)}
+        lengths = {"offsets": documents + 1, "postings": postings, "ids": documents, "rows": documents,
+                   "max-impact": len(words)}
         record = {"format": FORMAT, "documents": documents, "postings": postings, "vocabulary": len(words),
-                  "largest_impact": largest,
+                  "largest_impact": largest, "impact_bits": bits,
                   "arrays": {name: {"dtype": types[name].str, "length": lengths[name],
                                     "sha256": file_sha256(self.folder / f"{name}.bin")} for name in ARRAYS},
                   "vocabulary_sha256": file_sha256(self.folder / VOCABULARY), **(extra or {})}
@@ -149,15 +156,27 @@ class ForwardWriter:
             handle.close()
 
 
-def _convert(source: Path, target: Path, dtype: np.dtype) -> None:
-    """Copy an int64 file into ``dtype`` in chunks, then drop the int64 file."""
-    raw = np.fromfile(source, dtype=np.int64) if source.stat().st_size < 8 * CONVERT_CHUNK else \
-        np.memmap(source, dtype=np.int64, mode="r")
+def impact_bits(largest: int) -> int:
+    """Bits a posting gives its impact (at least one)."""
+    return max(int(largest), 1).bit_length()
+
+
+def _pack(terms: Path, impacts: Path, target: Path, bits: int, dtype: np.dtype) -> None:
+    """Pack the int64 term and impact files into ``term << bits | impact`` of ``dtype`` in chunks, then
+    drop the int64 files."""
+    def raw(path: Path) -> np.ndarray:
+        return np.fromfile(path, dtype=np.int64) if path.stat().st_size < 8 * CONVERT_CHUNK else \
+            np.memmap(path, dtype=np.int64, mode="r")
+
+    term_ids, weights = raw(terms), raw(impacts)
     with open(target, "wb") as handle:
-        for start in range(0, len(raw), CONVERT_CHUNK):
-            raw[start:start + CONVERT_CHUNK].astype(dtype).tofile(handle)
-    del raw
-    os.unlink(source)
+        for start in range(0, len(term_ids), CONVERT_CHUNK):
+            chunk = slice(start, start + CONVERT_CHUNK)
+            ((term_ids[chunk].astype(np.uint64) << np.uint64(bits)) | weights[chunk].astype(np.uint64)
+             ).astype(dtype).tofile(handle)
+    del term_ids, weights
+    os.unlink(terms)
+    os.unlink(impacts)
 
 
 def read_record(folder: Path) -> dict:
@@ -166,6 +185,9 @@ def read_record(folder: Path) -> dict:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(path, f"not a complete forward store ({exc})") from None
+    if isinstance(record, dict) and record.get("format") in EARLIER_FORMATS:
+        raise ConsistencyError(f"{path}: built by an earlier version (format {record['format']!r}); rebuild the "
+                               "index with --overwrite")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(path, f"not a forward store record (expected format {FORMAT!r})")
     return record
@@ -236,9 +258,13 @@ class ForwardStore:
         self.record = read_record(self.folder)
         if check:
             verify(self.folder, self.record)
-        arrays = {name: map_array(self.folder, name, spec) for name, spec in self.record["arrays"].items()}
-        self.offsets, self.terms, self.impacts = arrays["offsets"], arrays["terms"], arrays["impacts"]
+        # plain array views of the maps: numpy's memmap subclass adds a cost to every fancy index
+        arrays = {name: np.asarray(map_array(self.folder, name, spec)) for name, spec in self.record["arrays"].items()}
+        self.offsets, self.postings = arrays["offsets"], arrays["postings"]
         self._ids, self._rows, self.max_impact = arrays["ids"], arrays["rows"], arrays["max-impact"]
+        self.impact_bits = int(self.record["impact_bits"])
+        self._shift = self.postings.dtype.type(self.impact_bits)
+        self._mask = self.postings.dtype.type((1 << self.impact_bits) - 1)
         self.words: list[str] = json.loads((self.folder / VOCABULARY).read_text())
         self.term_ids = {term: position for position, term in enumerate(self.words)}
         self.documents = int(self.record["documents"])
@@ -285,13 +311,20 @@ class ForwardStore:
         ends = np.cumsum(lengths)
         # positions of every posting of every row, in one array: a run of consecutive numbers per row
         positions = np.arange(ends[-1], dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
-        products = self.query_weights(query)[self.terms[positions]] * self.impacts[positions].astype(np.int64)
+        packed = self.postings[positions]
+        products = self.query_weights(query)[packed >> self._shift]
+        np.multiply(products, packed & self._mask, out=products, dtype=np.int64, casting="unsafe")  # impacts < 2^bits
         totals = np.concatenate([[0], np.cumsum(products)])
         return totals[ends] - totals[ends - lengths]
+
+    def read_postings(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Term ids and impacts of postings ``start`` to ``end`` (in store order, rows one after another)."""
+        packed = self.postings[start:end]
+        return packed >> self._shift, packed & self._mask
 
     def vector(self, docid: str) -> dict[str, int]:
         """One document's full vector, in store order."""
         row = int(self.rows([docid])[0])
-        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        return {self.words[int(t)]: int(i) for t, i in zip(self.terms[start:end], self.impacts[start:end])}
+        terms, impacts = self.read_postings(int(self.offsets[row]), int(self.offsets[row + 1]))
+        return {self.words[int(t)]: int(i) for t, i in zip(terms, impacts)}
 

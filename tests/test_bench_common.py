@@ -78,3 +78,15 @@ def test_a_result_says_when_the_checkout_changed_during_its_run(tmp_path, capsys
     path = common.write_result("probe", {"figure": 1.5}, argparse.Namespace(smoke=True, results=tmp_path))
     code = json.loads(path.read_text())["code"]
     assert {key: code[key] for key in started} == started and code["changed_during_run"] == common.code_state()
+
+
+def test_a_file_the_run_wrote_itself_is_no_change(tmp_path, capsys, monkeypatch):
+    """A plot the run wrote under docs/ leaves the checkout dirty at the end, but the code did not change."""
+    now = {"commit": "1" * 40, "clean": False, "dirty_files": ["docs/plot.png"]}
+    monkeypatch.setattr(common, "code_state", lambda: now)
+    monkeypatch.setattr(common, "STARTED", {"commit": "1" * 40, "clean": True, "dirty_files": []})
+    assert common.run_code([common.ROOT / "docs" / "plot.png"]) == common.STARTED
+    assert common.run_code()["changed_during_run"] == now  # without it, the plot reads as a change
+    now["dirty_files"] = ["docs/plot.png", "pipeline/search.py"]
+    assert common.run_code([common.ROOT / "docs" / "plot.png"])["changed_during_run"]["dirty_files"] == \
+        ["pipeline/search.py"]

@@ -185,11 +185,11 @@ def test_cli_refuses_two_step_settings_without_two_step(built, tmp_path, capsys)
 def test_changed_forward_store_is_refused(built, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(built[1], copy)
-    impacts = companion_folder(copy) / "forward" / "impacts.bin"
+    impacts = companion_folder(copy) / "forward" / "postings.bin"
     data = bytearray(impacts.read_bytes())
     data[0] ^= 1
     impacts.write_bytes(bytes(data))
-    with pytest.raises(InputError, match="impacts.bin"):
+    with pytest.raises(InputError, match="postings.bin"):
         TwoStepSearcher(copy)
 
 
@@ -300,6 +300,32 @@ def test_forward_store_dot_products_match_brute_force(tmp_path):
     for term, term_id in store.term_ids.items():
         pruned = [w for _, v in kept for t, w in top_terms(v, None)[5:] if t == term]
         assert maxima[term_id] == max(pruned, default=0)
+
+
+def test_wide_terms_and_impacts_pack_into_64_bits_and_read_back_exactly(tmp_path):
+    """A vocabulary past 16 bits and impacts past 16 bits: postings pack into uint64, scores stay exact."""
+    vocabulary = [f"w{i}" for i in range(70_000)]
+    vectors = [{term: 1 + (i * 7919 + j) % 3 for j, term in enumerate(vocabulary[i::3])} for i in range(3)]
+    vectors.append({"w69999": 2_000_000, "w0": 1})
+    writer = ForwardWriter(tmp_path / "forward")
+    for i, vector in enumerate(vectors):
+        writer.add(f"d{i}", top_terms(vector, None))
+    record = writer.finish()
+    store = ForwardStore(tmp_path / "forward")
+    assert record["impact_bits"] == 21 and store.postings.dtype == np.uint64
+    query = {"w69999": 1_000_000, "w0": 3, "w1": 5, "w4": 2}
+    ids = [f"d{i}" for i in range(len(vectors))]
+    assert store.scores(query, store.rows(ids)).tolist() == [dot(query, vector) for vector in vectors]
+    assert store.vector("d3") == {"w69999": 2_000_000, "w0": 1} and store.vector("d1") == vectors[1]
+
+
+def test_a_forward_store_of_the_earlier_format_asks_for_a_rebuild(built, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built[1], copy)
+    path = companion_folder(copy) / "forward" / "forward.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "splade-pipeline forward store 1"}))
+    with pytest.raises(ConsistencyError, match="earlier version.*--overwrite"):
+        TwoStepSearcher(copy)
 
 
 def test_service_searches_two_step_when_asked(built, queries, tmp_path):
