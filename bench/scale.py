@@ -509,9 +509,10 @@ CACHED_ONLY = [False]  # --cached-only, set by main
 RERUN: set[str] = set()  # --rerun: stage names measured again even where a record with the same args exists
 
 
-def cached(work: Path, label: str, args: dict[str, Any]) -> bool:
+def cached(work: Path, name: str, label: str, args: dict[str, Any]) -> bool:
+    """Whether ``run_stage`` will reuse a record rather than run stage ``name``."""
     path = work / "stages" / f"{label}.json"
-    return path.exists() and json.loads(path.read_text()).get("args") == args
+    return name not in RERUN and path.exists() and json.loads(path.read_text()).get("args") == args
 
 
 def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str | None = None,
@@ -522,11 +523,9 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     process of the stage, its own children included) and the sampled peak of the whole process tree.
     """
     record_path = work / "stages" / f"{label}.json"
-    if record_path.exists():
-        cached = json.loads(record_path.read_text())
-        if cached.get("args") == args and name not in RERUN:
-            print(f"[scale] {label}: reused from {record_path}", file=sys.stderr)
-            return cached
+    if cached(work, name, label, args):
+        print(f"[scale] {label}: reused from {record_path}", file=sys.stderr)
+        return json.loads(record_path.read_text())
     if CACHED_ONLY[0]:
         print(f"[scale] {label}: not measured (--cached-only)", file=sys.stderr)
         return {"result": {"not_measured": True}}
@@ -892,7 +891,7 @@ def main() -> int:
             label, stage_args = f"seismic-{n}-{args.dev_queries}", {
                 "jsonl": str(jsonl), "queries": str(queries), "exact": str(exact),
                 "threads": sorted({1, args.threads}), "settings": list(SEISMIC_SETTINGS)}
-            if not (cached(work, label, stage_args) or args.cached_only):
+            if not (cached(work, "seismic", label, stage_args) or args.cached_only):
                 jsonl.parent.mkdir(parents=True, exist_ok=True)
                 concatenate(files, jsonl)
             entry["seismic"] = run_stage(work, "seismic", label, stage_args, args.lock, timed=True)

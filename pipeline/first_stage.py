@@ -154,6 +154,8 @@ def build_companion(collection: Path, index: Path, prune_docs: int = DEFAULT_PRU
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
         digest = full_record_digest(index)
         existing = companion_record(index)
+        if existing is not None and not forward.current_format(companion_folder(index) / FORWARD):
+            existing = None  # a store of an earlier format: derived data, built again with no --overwrite
         if existing is not None and existing.get("full_index_record") == digest:
             if existing.get(PRUNING) == pruning_rule(prune_docs) and not overwrite:
                 return existing, False

@@ -193,6 +193,14 @@ def read_record(folder: Path) -> dict:
     return record
 
 
+def current_format(folder: Path) -> bool:
+    """Whether ``folder`` holds a store this version reads (False for a missing or older one)."""
+    try:
+        return json.loads((Path(folder) / RECORD).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def verify(folder: Path, record: dict) -> None:
     """Every array has its recorded size and checksum: a changed or truncated file is refused."""
     folder = Path(folder)

@@ -13,7 +13,7 @@ import pytest
 from pipeline import cli, encoders, stages
 from pipeline.demo import DEMO_DATA, collection_vectors
 from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.first_stage import companion_folder, pruned_maxima
+from pipeline.first_stage import build_companion, companion_folder, pruned_maxima
 from pipeline.forward import ForwardStore, ForwardWriter, top_terms
 from pipeline.readers import read_topics
 from pipeline.search import ImpactSearcher, encode_queries
@@ -326,6 +326,11 @@ def test_a_forward_store_of_the_earlier_format_asks_for_a_rebuild(built, tmp_pat
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": "splade-pipeline forward store 1"}))
     with pytest.raises(ConsistencyError, match="earlier version.*--overwrite"):
         TwoStepSearcher(copy)
+    # the index stage builds such a companion again by itself: it is derived data, and the rule is unchanged
+    record, rebuilt = build_companion(built[0], copy, prune_docs=json.loads(
+        (companion_folder(copy) / "two-step.json").read_text())["pruning"]["postings_per_doc"])
+    assert rebuilt and json.loads(path.read_text())["format"] == "splade-pipeline forward store 2"
+    TwoStepSearcher(copy).close()
 
 
 def test_service_searches_two_step_when_asked(built, queries, tmp_path):
