@@ -121,7 +121,7 @@ def run_code(outputs: Sequence[Path] = ()) -> dict[str, Any]:
     now = code_state()
     own = {str(Path(path).resolve().relative_to(ROOT)) for path in outputs if Path(path).resolve().is_relative_to(ROOT)}
     if own and now.get("dirty_files") is not None:
-        dirty = [path for path in now["dirty_files"] if path not in own or path in STARTED.get("dirty_files", [])]
+        dirty = [path for path in now["dirty_files"] if path not in own or path in (STARTED.get("dirty_files") or [])]
         now = {**now, "clean": not dirty, "dirty_files": dirty}
     return STARTED if now == STARTED else {**STARTED, "changed_during_run": now}
 

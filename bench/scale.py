@@ -524,8 +524,11 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     """
     record_path = work / "stages" / f"{label}.json"
     if cached(work, name, label, args):
-        print(f"[scale] {label}: reused from {record_path}", file=sys.stderr)
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        measured = record.get("measured") or {}
+        print(f"[scale] {label}: reused from {record_path} (measured {measured.get('finished', 'before records said')}"
+              f"{', commit ' + str(measured.get('commit'))[:7] if measured.get('commit') else ''})", file=sys.stderr)
+        return record
     if CACHED_ONLY[0]:
         print(f"[scale] {label}: not measured (--cached-only)", file=sys.stderr)
         return {"result": {"not_measured": True}}
@@ -807,6 +810,8 @@ def main() -> int:
     smoke = args.smoke
     LOCK_WAIT[0] = args.lock_wait
     CACHED_ONLY[0] = args.cached_only
+    if args.rerun and args.cached_only:
+        parser.error("--rerun measures stages again; --cached-only measures nothing: give one of them")
     RERUN.update(args.rerun)
     if smoke:
         args.sizes, args.dev_queries = [1000, 2000], 5
@@ -1029,7 +1034,8 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     search on it. The default pruning's entries are ``companion`` and ``two_step`` (its default
     settings' rows named ``default_k=10`` / ``default_k=1000`` for the growth table); others are
     ``companion@N`` and ``two_step@N``."""
-    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record
+    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, FORWARD, companion_folder, companion_record
+    from pipeline.forward import earlier_format
     from pipeline.outputs import file_sha256
     from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
 
@@ -1046,8 +1052,9 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
         suffix = "" if prune_docs == main_prune else f"@{prune_docs}"
         built = companion_record(index)
         cached_build = work / "stages" / f"companion-{label}-{prune_docs}.json"
-        if built is None or built["pruning"]["postings_per_doc"] != prune_docs:
-            cached_build.unlink(missing_ok=True)  # another pruning is on disk now: build this one again
+        if built is None or built["pruning"]["postings_per_doc"] != prune_docs or \
+                earlier_format(companion_folder(index) / FORWARD):
+            cached_build.unlink(missing_ok=True)  # another pruning or an older store on disk: build this one again
         entry["companion" + suffix] = run_stage(
             work, "companion", f"companion-{label}-{prune_docs}",
             {"collection": str(collection), "index": str(index), "prune_docs": prune_docs, "threads": args.threads,

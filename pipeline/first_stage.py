@@ -119,6 +119,7 @@ def open_companion(index: Path) -> Companion:
     for name, key in ((MAX_PRUNED, "max_pruned"), (LUCENE_ROWS, "lucene_rows")):
         if outputs.file_sha256(folder / name) != record[key]["sha256"]:
             raise InputError(folder / name, "changed since it was built (sha256 differs from two-step.json)")
+    forward.read_record(folder / FORWARD)  # its format, before a service loads anything else
     return Companion(folder, record)
 
 
@@ -154,7 +155,7 @@ def build_companion(collection: Path, index: Path, prune_docs: int = DEFAULT_PRU
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
         digest = full_record_digest(index)
         existing = companion_record(index)
-        if existing is not None and not forward.current_format(companion_folder(index) / FORWARD):
+        if existing is not None and forward.earlier_format(companion_folder(index) / FORWARD):
             existing = None  # a store of an earlier format: derived data, built again with no --overwrite
         if existing is not None and existing.get("full_index_record") == digest:
             if existing.get(PRUNING) == pruning_rule(prune_docs) and not overwrite:

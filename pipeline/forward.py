@@ -186,17 +186,19 @@ def read_record(folder: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise InputError(path, f"not a complete forward store ({exc})") from None
     if isinstance(record, dict) and record.get("format") in EARLIER_FORMATS:
-        raise ConsistencyError(f"{path}: built by an earlier version (format {record['format']!r}); rebuild the "
-                               "index with --overwrite")
+        raise ConsistencyError(f"{path}: built by an earlier version (format {record['format']!r}); build the "
+                               "two-step companion again with: splade-pipeline index --collection ... --index ... "
+                               "--prune-docs N (no --overwrite needed)")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(path, f"not a forward store record (expected format {FORMAT!r})")
     return record
 
 
-def current_format(folder: Path) -> bool:
-    """Whether ``folder`` holds a store this version reads (False for a missing or older one)."""
+def earlier_format(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete store of an earlier format (one a rebuild replaces; a missing
+    or damaged store is not one, and is refused where it is opened)."""
     try:
-        return json.loads((Path(folder) / RECORD).read_text()).get("format") == FORMAT
+        return json.loads((Path(folder) / RECORD).read_text()).get("format") in EARLIER_FORMATS
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -90,3 +90,13 @@ def test_a_file_the_run_wrote_itself_is_no_change(tmp_path, capsys, monkeypatch)
     now["dirty_files"] = ["docs/plot.png", "pipeline/search.py"]
     assert common.run_code([common.ROOT / "docs" / "plot.png"])["changed_during_run"]["dirty_files"] == \
         ["pipeline/search.py"]
+
+
+def test_own_outputs_when_the_start_state_was_unknown(tmp_path, capsys, monkeypatch):
+    """git failed at the start (no dirty list): the run still writes its result."""
+    monkeypatch.setattr(common, "STARTED", {"commit": None, "clean": None, "dirty_files": None,
+                                            "unknown_because": "timed out"})
+    monkeypatch.setattr(common, "code_state", lambda: {"commit": "1" * 40, "clean": False,
+                                                       "dirty_files": ["docs/plot.png"]})
+    code = common.run_code([common.ROOT / "docs" / "plot.png"])
+    assert code["changed_during_run"] == {"commit": "1" * 40, "clean": True, "dirty_files": []}

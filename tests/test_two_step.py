@@ -17,6 +17,7 @@ from pipeline.first_stage import build_companion, companion_folder, pruned_maxim
 from pipeline.forward import ForwardStore, ForwardWriter, top_terms
 from pipeline.readers import read_topics
 from pipeline.search import ImpactSearcher, encode_queries
+from pipeline.service.backend import check_indexes
 from pipeline.trec_order import trec_eval_order
 from pipeline.two_step import TwoStepOptions, TwoStepSearcher, side_file
 
@@ -324,8 +325,10 @@ def test_a_forward_store_of_the_earlier_format_asks_for_a_rebuild(built, tmp_pat
     shutil.copytree(built[1], copy)
     path = companion_folder(copy) / "forward" / "forward.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": "splade-pipeline forward store 1"}))
-    with pytest.raises(ConsistencyError, match="earlier version.*--overwrite"):
+    with pytest.raises(ConsistencyError, match="earlier version.*--prune-docs N .no --overwrite needed"):
         TwoStepSearcher(copy)
+    with pytest.raises(ConsistencyError, match="earlier version"):  # the service's check, before any model loads
+        check_indexes({"i": copy}, two_step=True)
     # the index stage builds such a companion again by itself: it is derived data, and the rule is unchanged
     record, rebuilt = build_companion(built[0], copy, prune_docs=json.loads(
         (companion_folder(copy) / "two-step.json").read_text())["pruning"]["postings_per_doc"])
