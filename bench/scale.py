@@ -387,9 +387,11 @@ def stage_bmp(files: list[str], index: str, queries: str, exact: str, max_impact
     return out
 
 
-def stage_companion(collection: str, index: str, prune_docs: int, threads: int, index_record: str) -> dict[str, Any]:
+def stage_companion(collection: str, index: str, prune_docs: int, threads: int, index_record: str,
+                    forward_format: str) -> dict[str, Any]:
     """The index stage's two-step companion (pruned first-stage index + forward store) beside a built
-    index; ``index_record`` (the full index's record checksum) only keys the cache."""
+    index; ``index_record`` (the full index's record checksum) and ``forward_format`` (the store's
+    format, so a store of another format is built again) only key the cache."""
     from pipeline.first_stage import build_companion, companion_bytes
 
     start = time.perf_counter()
@@ -509,10 +511,13 @@ CACHED_ONLY = [False]  # --cached-only, set by main
 RERUN: set[str] = set()  # --rerun: stage names measured again even where a record with the same args exists
 
 
-def cached(work: Path, name: str, label: str, args: dict[str, Any]) -> bool:
-    """Whether ``run_stage`` will reuse a record rather than run stage ``name``."""
+def reusable(work: Path, name: str, label: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The record ``run_stage`` will reuse rather than run stage ``name`` (None: it runs the stage)."""
     path = work / "stages" / f"{label}.json"
-    return name not in RERUN and path.exists() and json.loads(path.read_text()).get("args") == args
+    if name in RERUN or not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("args") == args else None
 
 
 def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str | None = None,
@@ -523,8 +528,8 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     process of the stage, its own children included) and the sampled peak of the whole process tree.
     """
     record_path = work / "stages" / f"{label}.json"
-    if cached(work, name, label, args):
-        record = json.loads(record_path.read_text())
+    record = reusable(work, name, label, args)
+    if record is not None:
         measured = record.get("measured") or {}
         print(f"[scale] {label}: reused from {record_path} (measured {measured.get('finished', 'before records said')}"
               f"{', commit ' + str(measured.get('commit'))[:7] if measured.get('commit') else ''})", file=sys.stderr)
@@ -896,7 +901,7 @@ def main() -> int:
             label, stage_args = f"seismic-{n}-{args.dev_queries}", {
                 "jsonl": str(jsonl), "queries": str(queries), "exact": str(exact),
                 "threads": sorted({1, args.threads}), "settings": list(SEISMIC_SETTINGS)}
-            if not (cached(work, "seismic", label, stage_args) or args.cached_only):
+            if not (reusable(work, "seismic", label, stage_args) or args.cached_only):
                 jsonl.parent.mkdir(parents=True, exist_ok=True)
                 concatenate(files, jsonl)
             entry["seismic"] = run_stage(work, "seismic", label, stage_args, args.lock, timed=True)
@@ -1034,8 +1039,8 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     search on it. The default pruning's entries are ``companion`` and ``two_step`` (its default
     settings' rows named ``default_k=10`` / ``default_k=1000`` for the growth table); others are
     ``companion@N`` and ``two_step@N``."""
-    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, FORWARD, companion_folder, companion_record
-    from pipeline.forward import earlier_format
+    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record
+    from pipeline.forward import FORMAT
     from pipeline.outputs import file_sha256
     from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
 
@@ -1052,13 +1057,12 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
         suffix = "" if prune_docs == main_prune else f"@{prune_docs}"
         built = companion_record(index)
         cached_build = work / "stages" / f"companion-{label}-{prune_docs}.json"
-        if built is None or built["pruning"]["postings_per_doc"] != prune_docs or \
-                earlier_format(companion_folder(index) / FORWARD):
-            cached_build.unlink(missing_ok=True)  # another pruning or an older store on disk: build this one again
+        if built is None or built["pruning"]["postings_per_doc"] != prune_docs:
+            cached_build.unlink(missing_ok=True)  # another pruning is on disk now: build this one again
         entry["companion" + suffix] = run_stage(
             work, "companion", f"companion-{label}-{prune_docs}",
             {"collection": str(collection), "index": str(index), "prune_docs": prune_docs, "threads": args.threads,
-             "index_record": file_sha256(record)}, args.lock, timed=True)
+             "index_record": file_sha256(record), "forward_format": FORMAT}, args.lock, timed=True)
         companion = index / "two-step" / "two-step.json"
         entry["two_step" + suffix] = run_stage(
             work, "two_step", f"two-step-{label}-{prune_docs}-{args.dev_queries}",

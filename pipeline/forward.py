@@ -198,9 +198,12 @@ def earlier_format(folder: Path) -> bool:
     """Whether ``folder`` holds a complete store of an earlier format (one a rebuild replaces; a missing
     or damaged store is not one, and is refused where it is opened)."""
     try:
-        return json.loads((Path(folder) / RECORD).read_text()).get("format") in EARLIER_FORMATS
-    except (OSError, ValueError, AttributeError):
+        read_record(folder)
+    except ConsistencyError:  # read_record's answer to an earlier format
+        return True
+    except InputError:
         return False
+    return False
 
 
 def verify(folder: Path, record: dict) -> None:
@@ -227,10 +230,11 @@ def check_arrays(folder: Path, arrays: dict[str, dict], record_name: str) -> Non
 
 
 def map_array(folder: Path, name: str, spec: dict) -> np.ndarray:
-    """``NAME.bin`` memory-mapped as its record says (an empty array maps nothing)."""
+    """``NAME.bin`` memory-mapped as its record says (an empty array maps nothing), as a plain array
+    view of the map: numpy's memmap subclass adds a cost to every fancy index."""
     if spec["length"] == 0:
         return np.zeros(0, dtype=spec["dtype"])
-    return np.memmap(Path(folder) / f"{name}.bin", dtype=spec["dtype"], mode="r", shape=(spec["length"],))
+    return np.asarray(np.memmap(Path(folder) / f"{name}.bin", dtype=spec["dtype"], mode="r", shape=(spec["length"],)))
 
 
 def write_ids(folder: Path, ids: list[bytes], rows_dtype: np.dtype) -> np.dtype:
@@ -268,8 +272,7 @@ class ForwardStore:
         self.record = read_record(self.folder)
         if check:
             verify(self.folder, self.record)
-        # plain array views of the maps: numpy's memmap subclass adds a cost to every fancy index
-        arrays = {name: np.asarray(map_array(self.folder, name, spec)) for name, spec in self.record["arrays"].items()}
+        arrays = {name: map_array(self.folder, name, spec) for name, spec in self.record["arrays"].items()}
         self.offsets, self.postings = arrays["offsets"], arrays["postings"]
         self._ids, self._rows, self.max_impact = arrays["ids"], arrays["rows"], arrays["max-impact"]
         self.impact_bits = int(self.record["impact_bits"])
