@@ -282,6 +282,7 @@ class ForwardStore:
         self.term_ids = {term: position for position, term in enumerate(self.words)}
         self.documents = int(self.record["documents"])
         self._places: np.ndarray | None = None
+        self._largest_impact = int(np.max(self.max_impact, initial=0))
 
     def find(self, docids: list[str]) -> np.ndarray:
         """The row of each document id, -1 where the store has none (a document without postings)."""
@@ -298,11 +299,15 @@ class ForwardStore:
 
     def docids(self, rows: np.ndarray) -> list[str]:
         """The document id of each row (the inverse of ``rows``)."""
+        return [id_text(docid) for docid in self.id_bytes(rows)]
+
+    def id_bytes(self, rows: np.ndarray) -> np.ndarray:
+        """The document id of each row as the store keeps it (``id_bytes``, in a ``|S`` array)."""
         if self._places is None:  # sorted position of each row, built on first use (a few ms a million)
             places = np.empty(len(self._rows), dtype=np.int64)
             places[np.asarray(self._rows, dtype=np.int64)] = np.arange(len(self._rows), dtype=np.int64)
             self._places = places
-        return [id_text(docid) for docid in self._ids[self._places[np.asarray(rows, dtype=np.int64)]]]
+        return self._ids[self._places[np.asarray(rows, dtype=np.int64)]]
 
     def query_weights(self, query: Mapping[str, int]) -> np.ndarray:
         """The query as a dense int64 array over the store's vocabulary (terms no document has drop out:
@@ -325,10 +330,16 @@ class ForwardStore:
         # positions of every posting of every row, in one array: a run of consecutive numbers per row
         positions = np.arange(ends[-1], dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
         packed = self.postings[positions]
-        products = self.query_weights(query)[packed >> self._shift]
-        np.multiply(products, packed & self._mask, out=products, dtype=np.int64, casting="unsafe")  # impacts < 2^bits
-        totals = np.concatenate([[0], np.cumsum(products)])
-        return totals[ends] - totals[ends - lengths]
+        weights = self.query_weights(query)
+        # products in 32 bits where no product can overflow them (half the memory to write and sum),
+        # each row summed in 64
+        narrow = int(weights.max(initial=0)) * self._largest_impact < 2 ** 31
+        products = weights.astype(np.int32 if narrow else np.int64)[packed >> self._shift]
+        np.multiply(products, packed & self._mask, out=products, casting="unsafe")  # impacts < 2^bits
+        totals = np.zeros(len(rows), dtype=np.int64)
+        filled = lengths > 0  # a document without postings scores 0 (reduceat would repeat a neighbour)
+        totals[filled] = np.add.reduceat(products, (ends - lengths)[filled], dtype=np.int64)
+        return totals
 
     def read_postings(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Term ids and impacts of postings ``start`` to ``end`` (in store order, rows one after another)."""

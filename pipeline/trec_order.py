@@ -28,6 +28,14 @@ def trec_eval_order(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]
     return [hits[i] for i in order]
 
 
+def trec_eval_positions(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``trec_eval_order`` for ids held as UTF-8 bytes in a numpy array (``|S`` type) beside their
+    scores: the positions in that order. Bytes compare as ``strcmp`` does, and UTF-8 keeps code-point
+    order, so this is the order ``trec_eval_order`` gives the decoded ids; a caller holding a
+    thousand scored candidates sorts them here and decodes only the ids it keeps."""
+    return np.lexsort((ids, float32_keys(scores)))[::-1]
+
+
 def within_cut(scores: np.ndarray, need: int) -> np.ndarray:
     """Positions of the scores that can be among the first ``need`` in this order whatever their ids:
     every score whose float32 key is at least the ``need``-th largest, so ties at the cut stay in.

@@ -6,7 +6,7 @@ hits, and any further hit tied with the last of them (so the candidates do not d
 numbered the documents), are rescored with the full query against their full vectors from the
 forward store. Final
 scores are the exact integer dot products the exhaustive search computes, and hits are cut and
-ordered by the same rule (``pipeline.trec_order.trec_eval_order``: score as float32, then document
+ordered by the same rule (``pipeline.trec_order``: score as float32, then document
 id, descending), so a document found by both searches has the same score and the same place among
 the documents both found. What two-step search can get wrong is only *which* documents it finds.
 
@@ -30,9 +30,9 @@ import numpy as np
 
 from pipeline.errors import ConsistencyError, PipelineError
 from pipeline.first_stage import Companion, open_companion
-from pipeline.forward import ForwardStore, top_terms
+from pipeline.forward import ForwardStore, id_bytes, top_terms
 from pipeline.search import FLOAT32_EXACT, Hit, ImpactSearcher, self_hit_queries, write_run
-from pipeline.trec_order import trec_eval_order, within_cut
+from pipeline.trec_order import trec_eval_positions, within_cut
 from pipeline.collection import write_json
 
 # Defaults chosen from bench/results/two_step.json (splade-tiny; quality only, latency is bench/scale.py's):
@@ -123,14 +123,17 @@ class TwoStepSearcher:
         rows = self._rows_of(numbers)
         exact = self.store.scores(terms, rows)
         info: dict[str, Any] = {"candidates": len(rows), "first_stage_terms": len(kept)}
-        # only the candidates that can reach the cut-off (ties included) need their ids, for the order
+        # only the candidates that can reach the cut-off (ties included) are ordered, by their stored
+        # id bytes, and only those kept have their ids decoded
         reach = within_cut(exact, hits + drop_self)
-        rescored = [(docid, float(exact[i])) for docid, i in zip(self.store.docids(rows[reach]), reach)]
+        ids = self.store.id_bytes(rows[reach])
+        order = trec_eval_positions(ids, exact[reach])
         if drop_self:
-            before = len(rescored)
-            rescored = [hit for hit in rescored if hit[0] != qid]
-            info["self_hit_removed"] = len(rescored) < before
-        ranked = trec_eval_order(rescored)[:hits]
+            own = ids[order] == id_bytes(qid)
+            info["self_hit_removed"] = bool(own.any())
+            order = order[~own]
+        reach = reach[order[:hits]]
+        ranked = list(zip(self.store.docids(rows[reach]), exact[reach].astype(np.float64).tolist()))
         threshold = int(first_scores[-1]) if len(first_scores) >= depth else 0
         bound = threshold + self._pruned_mass(terms, kept)
         kth = int(ranked[hits - 1][1]) if len(ranked) >= hits else 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline import evaluate, search
-from pipeline.trec_order import trec_eval_order
+from pipeline.trec_order import trec_eval_order, trec_eval_positions
 
 # 2^24 + 1 is not a float32: it reads as 2^24 and ties with it, so the document ids decide (descending).
 HITS = [("d1", 3.0), ("d2", 16777216.0), ("d10", 16777217.0), ("d3", 3.0), ("d4", 5.5)]
@@ -38,3 +40,17 @@ def test_within_cut_keeps_every_hit_that_can_make_the_cut_ties_included():
         if len(scores) > need:  # nothing below the cut's float32 key is kept
             cut = np.float32(full[-1][1])
             assert all(np.float32(scores[i]) >= cut for i in kept)
+
+
+def test_positions_over_id_bytes_follow_the_same_order() -> None:
+    """The array form (ids as UTF-8 bytes, as the forward store keeps them) orders exactly as
+    trec_eval_order does the decoded pairs: float32 ties, id ties broken descending, non-ASCII ids."""
+    rng = np.random.default_rng(7)
+    names = ["d1", "d10", "d2", "D2", "é", "z", "zz", "\u4e2d", "\U0001f600", "a b", "ä1"]
+    ids = [f"{rng.choice(names)}{i % 5}" for i in range(300)]
+    ids = list(dict.fromkeys(ids))  # distinct, as document ids in one ranking are
+    # scores that collide as float32 although they differ as integers (beyond 2^24), and plain ties
+    scores = [float(rng.choice([7, 7, 9, 2 ** 24 + 1, 2 ** 24])) for _ in ids]
+    stored = np.array([docid.encode("utf-8") for docid in ids], dtype=f"S{max(len(d.encode()) for d in ids)}")
+    positions = trec_eval_positions(stored, np.asarray(scores))
+    assert [(ids[i], scores[i]) for i in positions] == trec_eval_order(zip(ids, scores))

@@ -419,3 +419,17 @@ def test_a_collection_with_a_duplicate_id_gets_no_companion_and_the_error_names_
     with pytest.raises(InputError, match=r"docs.jsonl:3: duplicate document id 'a' \(first at docs.jsonl line 1\)"):
         stages.index(folder, tmp_path / "index", prune_docs=2, say=QUIET["say"])
     assert not companion_folder(tmp_path / "index").exists() and not list(tmp_path.glob(".*building*"))
+
+
+def test_a_document_without_postings_scores_zero_wherever_its_row_sits(tmp_path):
+    """Rows are summed by segment; an empty row must neither borrow a neighbour's postings nor
+    shift theirs, first, in the middle or last."""
+    writer = ForwardWriter(tmp_path / "forward")
+    vectors = {"e0": {}, "a": {"t1": 3, "t2": 4}, "e1": {}, "b": {"t2": 10}, "e2": {}}
+    for docid, vector in vectors.items():
+        writer.add(docid, top_terms(vector, None))
+    writer.finish()
+    store = ForwardStore(tmp_path / "forward")
+    query = {"t1": 2, "t2": 5}
+    for order in (list(vectors), list(vectors)[::-1], ["a", "e0", "e2", "b", "e1"]):
+        assert store.scores(query, store.rows(order)).tolist() == [dot(query, vectors[d]) for d in order]
