@@ -333,9 +333,10 @@ class ForwardStore:
         weights = self.query_weights(query)
         # products in 32 bits where no product can overflow them (half the memory to write and sum),
         # each row summed in 64
-        narrow = int(weights.max(initial=0)) * self._largest_impact < 2 ** 31
+        narrow = weights.min(initial=0) >= 0 and int(weights.max(initial=0)) * self._largest_impact < 2 ** 31
         products = weights.astype(np.int32 if narrow else np.int64)[packed >> self._shift]
-        np.multiply(products, packed & self._mask, out=products, casting="unsafe")  # impacts < 2^bits
+        # in the products' own integer type: a signed array times uint64 postings would go through float64
+        np.multiply(products, packed & self._mask, out=products, dtype=products.dtype, casting="unsafe")
         totals = np.zeros(len(rows), dtype=np.int64)
         filled = lengths > 0  # a document without postings scores 0 (reduceat would repeat a neighbour)
         totals[filled] = np.add.reduceat(products, (ends - lengths)[filled], dtype=np.int64)

@@ -129,7 +129,8 @@ class TwoStepSearcher:
         ids = self.store.id_bytes(rows[reach])
         order = trec_eval_positions(ids, exact[reach])
         if drop_self:
-            own = ids[order] == id_bytes(qid)
+            # numpy compares |S values without their trailing NULs, which no stored id keeps either
+            own = ids[order] == id_bytes(qid) if not qid.endswith("\0") else np.zeros(len(order), dtype=bool)
             info["self_hit_removed"] = bool(own.any())
             order = order[~own]
         reach = reach[order[:hits]]

@@ -46,11 +46,14 @@ def test_positions_over_id_bytes_follow_the_same_order() -> None:
     """The array form (ids as UTF-8 bytes, as the forward store keeps them) orders exactly as
     trec_eval_order does the decoded pairs: float32 ties, id ties broken descending, non-ASCII ids."""
     rng = np.random.default_rng(7)
-    names = ["d1", "d10", "d2", "D2", "é", "z", "zz", "\u4e2d", "\U0001f600", "a b", "ä1"]
+    names = ["d1", "d10", "d2", "D2", "é", "z", "zz", "\u4e2d", "\U0001f600", "a b", "ä1", "a\0b", "\ud800",
+             "\udfff", "\ue000"]
     ids = [f"{rng.choice(names)}{i % 5}" for i in range(300)]
     ids = list(dict.fromkeys(ids))  # distinct, as document ids in one ranking are
     # scores that collide as float32 although they differ as integers (beyond 2^24), and plain ties
     scores = [float(rng.choice([7, 7, 9, 2 ** 24 + 1, 2 ** 24])) for _ in ids]
-    stored = np.array([docid.encode("utf-8") for docid in ids], dtype=f"S{max(len(d.encode()) for d in ids)}")
+    # as the forward store keeps them (pipeline.forward.id_bytes: a lone surrogate kept as is)
+    raw = [docid.encode("utf-8", "surrogatepass") for docid in ids]
+    stored = np.array(raw, dtype=f"S{max(map(len, raw))}")
     positions = trec_eval_positions(stored, np.asarray(scores))
     assert [(ids[i], scores[i]) for i in positions] == trec_eval_order(zip(ids, scores))

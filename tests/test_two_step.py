@@ -433,3 +433,16 @@ def test_a_document_without_postings_scores_zero_wherever_its_row_sits(tmp_path)
     query = {"t1": 2, "t2": 5}
     for order in (list(vectors), list(vectors)[::-1], ["a", "e0", "e2", "b", "e1"]):
         assert store.scores(query, store.rows(order)).tolist() == [dot(query, vectors[d]) for d in order]
+
+
+def test_products_past_2_to_the_53_stay_exact_in_a_64_bit_store(tmp_path):
+    """uint64 postings times signed weights must not go through float64 (exact to 2^53 only)."""
+    writer = ForwardWriter(tmp_path / "forward")
+    vectors = {"a": {"t1": 2 ** 30 + 1, "t2": 1, "t3": 1}, "b": {"t2": 3}}
+    for docid, vector in vectors.items():
+        writer.add(docid, top_terms(vector, None))
+    writer.finish()
+    store = ForwardStore(tmp_path / "forward")
+    assert store.postings.dtype == np.uint64
+    query = {"t1": 2 ** 31 - 1, "t2": 1}
+    assert store.scores(query, store.rows(["a", "b"])).tolist() == [dot(query, vectors[d]) for d in ("a", "b")]
