@@ -259,7 +259,9 @@ def find_rows(ids: np.ndarray, rows: np.ndarray, docids: list[str]) -> np.ndarra
         return np.full(len(docids), -1, dtype=np.int64)
     encoded = [id_bytes(d) for d in docids]
     wanted = np.asarray(encoded, dtype=ids.dtype)  # an id longer than the widest is cut: not found
-    fits = np.fromiter((len(e) <= ids.dtype.itemsize for e in encoded), dtype=bool, count=len(encoded))
+    # nor is one ending in NUL: numpy compares |S values without trailing NULs, so it would find its prefix
+    fits = np.fromiter((len(e) <= ids.dtype.itemsize and not e.endswith(b"\0") for e in encoded), dtype=bool,
+                       count=len(encoded))
     places = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
     return np.where(fits & (ids[places] == wanted), rows[places].astype(np.int64), -1)
 

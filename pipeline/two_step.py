@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.errors import ConsistencyError, PipelineError
 from pipeline.first_stage import Companion, open_companion
-from pipeline.forward import ForwardStore, id_bytes, top_terms
+from pipeline.forward import ForwardStore, id_text, top_terms
 from pipeline.search import FLOAT32_EXACT, Hit, ImpactSearcher, self_hit_queries, write_run
 from pipeline.trec_order import trec_eval_positions, within_cut
 from pipeline.collection import write_json
@@ -128,13 +128,12 @@ class TwoStepSearcher:
         reach = within_cut(exact, hits + drop_self)
         ids = self.store.id_bytes(rows[reach])
         order = trec_eval_positions(ids, exact[reach])
-        if drop_self:
-            # numpy compares |S values without their trailing NULs, which no stored id keeps either
-            own = ids[order] == id_bytes(qid) if not qid.endswith("\0") else np.zeros(len(order), dtype=bool)
+        if drop_self:  # the query's own document, by row (the store's id look-up, -1 when it has none)
+            own = rows[reach][order] == self.store.find([qid])[0]
             info["self_hit_removed"] = bool(own.any())
             order = order[~own]
-        reach = reach[order[:hits]]
-        ranked = list(zip(self.store.docids(rows[reach]), exact[reach].astype(np.float64).tolist()))
+        top = order[:hits]
+        ranked = list(zip(map(id_text, ids[top]), exact[reach][top].astype(np.float64).tolist()))
         threshold = int(first_scores[-1]) if len(first_scores) >= depth else 0
         bound = threshold + self._pruned_mass(terms, kept)
         kth = int(ranked[hits - 1][1]) if len(ranked) >= hits else 0

@@ -433,6 +433,8 @@ def test_a_document_without_postings_scores_zero_wherever_its_row_sits(tmp_path)
     query = {"t1": 2, "t2": 5}
     for order in (list(vectors), list(vectors)[::-1], ["a", "e0", "e2", "b", "e1"]):
         assert store.scores(query, store.rows(order)).tolist() == [dot(query, vectors[d]) for d in order]
+    # an id ending in NUL is not its prefix, though numpy compares |S values without trailing NULs
+    assert store.find(["a\0", "a"]).tolist() == [-1, store.rows(["a"])[0]]
 
 
 def test_products_past_2_to_the_53_stay_exact_in_a_64_bit_store(tmp_path):
@@ -446,3 +448,25 @@ def test_products_past_2_to_the_53_stay_exact_in_a_64_bit_store(tmp_path):
     assert store.postings.dtype == np.uint64
     query = {"t1": 2 ** 31 - 1, "t2": 1}
     assert store.scores(query, store.rows(["a", "b"])).tolist() == [dot(query, vectors[d]) for d in ("a", "b")]
+
+
+def test_removing_the_query_s_own_document_matches_exhaustive_search(built, queries, exhaustive):
+    """Each query renamed to the id of its own best (or third) hit: with --remove-query two-step drops
+    that document as exhaustive search does, counts the same queries, and keeps every other hit."""
+    renamed = {exhaustive[qid][position][0]: terms
+               for position, (qid, terms) in zip((0, 2) * len(queries), queries.items())}
+    full = ImpactSearcher(built[1])
+    searcher = TwoStepSearcher(built[2])
+    try:
+        expected, expected_counters = full.search(renamed, 10, remove_query=True)
+        ranked, counters, per_query = searcher.search(renamed, 10, remove_query=True,
+                                                      options=TwoStepOptions(DOCS, None))
+        kept, _, _ = searcher.search(renamed, 10, remove_query=["no-such-query"], options=TwoStepOptions(DOCS, None))
+    finally:
+        full.close()
+        searcher.close()
+    assert ranked == expected
+    assert counters["self_hits_removed"] == expected_counters["self_hits_removed"] == len(renamed)
+    assert all(info["self_hit_removed"] for info in per_query.values())
+    assert all(qid not in [docid for docid, _ in hits] for qid, hits in ranked.items())
+    assert all(qid in [docid for docid, _ in hits] for qid, hits in kept.items())
