@@ -14,8 +14,10 @@ processes killed mid-write) are left out of the README's test command and run by
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import socket
 import threading
 import time
@@ -71,6 +73,19 @@ def scifact_slice(tmp_path_factory, scifact) -> Path:
     rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{g}\n" for q in qids for d, g in qrels[q].items()]
     (out / "qrels" / "test.tsv").write_text("".join(rows))
     return out
+
+
+def bench_module(name: str):
+    """A bench script (``bench/NAME.py``) as a module, for tests of its pure logic; the scripts
+    import their neighbour ``common`` by its bare name, so ``bench/`` is on the path while it loads."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
 
 
 def write_lines(path: Path, lines: list[str] | str, mode: str = "w") -> Path:

@@ -99,6 +99,8 @@ FIGURES: dict[str, dict[str, object]] = {
         "latency/k10/queries": 10, "latency/k10/errors": 0, "latency/k10/p50_ms": TIME,
         "latency/k10/server_p50_ms/encode": TIME, "latency/k10/server_p50_ms/build": TIME,
         "latency/k10/beyond_encode_search_p50_ms": TIME, "latency/k1000_without_text/errors": 0,
+        "latency/k10_http_client/queries": 10, "latency/k10_http_client/errors": 0,
+        "latency/k10_http_client/p50_ms": TIME,
         "memory/errors": 0, "memory/rss_after_mb": TIME, "throughput_k10/1_worker/errors": 0,
         "throughput_k10/2_workers/errors": 0, "throughput_k10/1_worker/qps": TIME, "targets/zero_errors": True,
     },

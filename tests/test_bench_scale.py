@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from conftest import bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_scale():
-    sys.path.insert(0, str(ROOT / "bench"))  # scale.py imports its neighbour ``common``
-    try:
-        spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-
-
-scale = load_scale()
+scale = bench_module("scale")
 
 
 def row(p50: float, recall: float, **setting) -> dict:

@@ -1,0 +1,88 @@
+"""bench/serve.py's HTTP client: answers read by their Content-Length on a keep-alive socket, and
+anything it cannot read refused (a canned server on loopback sends the bytes under test)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from conftest import bench_module
+
+serve = bench_module("serve")
+
+
+def canned(answers: list[bytes]) -> tuple[int, list[bytes]]:
+    """A server on a free loopback port that answers each request head with the next of ``answers``
+    (sent in pieces of 7 bytes, so reads straddle heads and bodies); returns the port and the
+    request heads it received."""
+    listener = socket.create_server((serve.HOST, 0))
+    heads: list[bytes] = []
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            data = b""
+            for answer in answers:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                heads.append(head)
+                try:
+                    for start in range(0, len(answer), 7):
+                        conn.sendall(answer[start:start + 7])
+                except OSError:  # the client hung up on an answer it refused
+                    return
+
+    threading.Thread(target=run, daemon=True).start()
+    return listener.getsockname()[1], heads
+
+
+def answer(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n".encode()
+            + extra + b"\r\n" + body)
+
+
+def test_consecutive_answers_on_one_connection_each_read_to_its_length() -> None:
+    bodies = [b'{"a": 1}', b"", b"x" * 200_000, '{"t": "\u00e9\r\n\r\n"}'.encode()]
+    port, heads = canned([answer(bodies[0]), answer(bodies[1], "404 Not Found"), answer(bodies[2]),
+                          answer(bodies[3], extra=b"X-Other:  yes \r\n")])
+    conn = serve.Connection(port, timeout=5)
+    got = [conn.get(f"/v1/x/search?query=q{n}") for n in range(4)]
+    conn.close()
+    assert got == [(200, bodies[0]), (404, bodies[1]), (200, bodies[2]), (200, bodies[3])]
+    assert heads[1] == b"GET /v1/x/search?query=q1 HTTP/1.1\r\nHost: 127.0.0.1"
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", "no Content-Length"),
+    (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nabc", "no Content-Length"),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\nabc", "no Content-Length"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
+])
+def test_an_answer_it_cannot_read_by_length_is_refused(raw: bytes, message: str) -> None:
+    port, _ = canned([raw])
+    conn = serve.Connection(port, timeout=5)
+    with pytest.raises(serve.BadResponse, match=message):
+        conn.get("/health")
+    conn.close()
+
+
+def test_a_body_cut_short_is_a_connection_error_not_a_short_answer() -> None:
+    port, _ = canned([b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"])  # then the server hangs up
+    conn = serve.Connection(port, timeout=5)
+    with pytest.raises(ConnectionError):
+        conn.get("/health")
+    conn.close()
+
+
+def test_connection_close_closes_the_socket_after_the_answer() -> None:
+    port, _ = canned([answer(b"{}", "429 Too Many Requests", b"connection: close\r\n"), answer(b"{}")])
+    conn = serve.Connection(port, timeout=5)
+    assert conn.get("/health") == (429, b"{}")
+    with pytest.raises(OSError):
+        conn.get("/health")
