@@ -7,9 +7,10 @@ torch thread per worker. Each client is a keep-alive HTTP/1.1 connection on a pl
 (``Connection``: request paths built beforehand, the answer read by its Content-Length, as wrk or
 hey read it) asking SciFact's queries in turn (encoding + search on every request, no cache).
 * latency: one client, warm, one query at a time: p50/p99 at k=10 and k=1000 (k=1000 also without
-  the documents' text), measured by the client around the whole HTTP exchange; k=10 again through
-  Python's ``http.client`` (what a Python caller of the service sees: it parses every response's
-  headers with the email package, time that is the client's, not the service's);
+  the documents' text), measured by the client around the whole HTTP exchange; at k=10 each query
+  is also asked through Python's ``http.client``, the two clients taking turns (what a Python
+  caller of the service sees: it parses every response's headers with the email package, time
+  that is the client's, not the service's);
 * throughput: N clients for a bounded time at k=10: queries per second, p50/p99 under load, errors;
   the same with ``--workers 2`` (two processes, each with its own JVM and model, sharing the port).
   The clients are threads of a separate, light process (no torch, no JVM; started before the
@@ -201,29 +202,54 @@ def summary(latencies: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(latencies) * 1000, 2)}
 
 
+Client = type[Connection] | type[StdlibConnection]
+
+
 def sequential(port: int, queries: list[str], hits: int, doc: bool = True,
-               client: type[Connection] | type[StdlibConnection] = Connection) -> dict[str, object]:
-    """One warm client, one query at a time."""
-    conn = client(port)
-    latencies, errors, server, beyond = [], 0, {"encode": [], "search": [], "build": []}, []
-    for query in queries:
+               clients: tuple[Client, ...] = (Connection,)) -> list[dict[str, object]]:
+    """One warm client, one query at a time; with several ``clients`` (one connection each) every
+    query is asked through each in turn, the order alternating from query to query, so that their
+    figures come from the same moments of the machine. One summary per client."""
+    conns = [client(port) for client in clients]
+    seen = [Seen() for _ in clients]
+    for position, query in enumerate(queries):
         path = search_path(query, hits, doc)
-        start = time.perf_counter()
-        status, body = conn.get(path)
-        latencies.append(time.perf_counter() - start)
+        order = range(len(conns)) if position % 2 == 0 else reversed(range(len(conns)))
+        for slot in order:
+            start = time.perf_counter()
+            status, body = conns[slot].get(path)
+            seen[slot].add(time.perf_counter() - start, status, body)
+    for conn in conns:
+        conn.close()
+    return [one.summary() for one in seen]
+
+
+class Seen:
+    """One client's sequential answers: latencies, errors, and the server's own timings."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.server: dict[str, list[float]] = {"encode": [], "search": [], "build": []}
+        self.beyond: list[float] = []
+
+    def add(self, seconds: float, status: int, body: bytes) -> None:
+        self.latencies.append(seconds)
         if status != 200:
-            errors += 1
-            continue
+            self.errors += 1
+            return
         timing = json.loads(body)["timing_ms"]
-        for part in server:
-            server[part].append(timing[part])
-        beyond.append(latencies[-1] * 1000 - timing["encode"] - timing["search"])
-    conn.close()
-    # build: the server reading the hits' stored documents and assembling the answer (part of the
-    # service's own overhead, with HTTP and JSON); beyond_encode_search: that overhead per request
-    return {"queries": len(queries), "errors": errors, **summary(latencies),
-            "server_p50_ms": {part: round(statistics.median(values), 2) for part, values in server.items() if values},
-            "beyond_encode_search_p50_ms": round(statistics.median(beyond), 2) if beyond else None}
+        for part, values in self.server.items():
+            values.append(timing[part])
+        self.beyond.append(seconds * 1000 - timing["encode"] - timing["search"])
+
+    def summary(self) -> dict[str, object]:
+        # build: the server reading the hits' stored documents and assembling the answer (part of the
+        # service's own overhead, with HTTP and JSON); beyond_encode_search: that overhead per request
+        return {"queries": len(self.latencies), "errors": self.errors, **summary(self.latencies),
+                "server_p50_ms": {part: round(statistics.median(values), 2)
+                                  for part, values in self.server.items() if values},
+                "beyond_encode_search_p50_ms": round(statistics.median(self.beyond), 2) if self.beyond else None}
 
 
 def load(port: int, queries: list[str], clients: int, seconds: float | None, total: int | None = None,
@@ -332,15 +358,15 @@ def main() -> None:
     try:
         result["startup_s"] = {"1_worker": server.startup_s}
         sequential(server.port, queries[:max(20, args.latency_queries // 5)], 10)  # warm the JIT and caches
+        latency = queries[:args.latency_queries]
         rss_before = server.rss_mb()
         with timed(args.lock):
             loads = [round(os.getloadavg()[0], 2)]
             result["latency"] = {
-                "k10": sequential(server.port, queries[:args.latency_queries], 10),
-                "k10_http_client": sequential(server.port, queries[:args.latency_queries], 10,
-                                              client=StdlibConnection),
-                "k1000": sequential(server.port, queries[:args.latency_queries], 1000),
-                "k1000_without_text": sequential(server.port, queries[:args.latency_queries], 1000, doc=False)}
+                **dict(zip(("k10", "k10_http_client"),
+                           sequential(server.port, latency, 10, clients=(Connection, StdlibConnection)))),
+                "k1000": sequential(server.port, latency, 1000)[0],
+                "k1000_without_text": sequential(server.port, latency, 1000, doc=False)[0]}
             throughput = {"1_worker": load(server.port, queries, args.clients, args.seconds)}
         done = sum(r["queries"] for r in result["latency"].values()) + throughput["1_worker"]["queries"]
         endurance = load(server.port, queries, args.clients, None, total=max(0, args.rss_queries - done))
