@@ -83,9 +83,11 @@ def free_port() -> int:
 class Server:
     """``splade-pipeline serve`` in a child process, until stopped."""
 
-    def __init__(self, index: Path, workers: int):
+    def __init__(self, index: Path, workers: int, hold_ms: float = 0):
         self.port = free_port()
-        command = [sys.executable, "-m", "pipeline", "serve", "--index", f"bench={index}", "--port",
+        launch = ([str(Path(__file__).with_name("_held_serve.py")), f"{hold_ms:g}"] if hold_ms
+                  else ["-m", "pipeline"])  # hold_ms: the probe (``_held_serve``), one process only
+        command = [sys.executable, *launch, "serve", "--index", f"bench={index}", "--port",
                    str(self.port), "--workers", str(workers), "--threads", "1", "--quiet"]
         start = time.perf_counter()
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -333,6 +335,9 @@ def main() -> None:
                         help="flock this file around the timed parts (e.g. /tmp/bench.lock on a shared machine)")
     parser.add_argument("--query-encoder", default=None, metavar="SIDE",
                         help="index with this inference-free query side (tokens, idf, idf:FILE) and serve it")
+    parser.add_argument("--hold-ms", type=float, default=0, metavar="MS",
+                        help="probe: the server holds every query's encoding on the CPU for at least MS ms "
+                             "(bench/_held_serve.py); latency at k=10 only, result NAME.hold-MS")
     args = parser.parse_args()
     from pipeline.demo import DEMO_DATA
     from pipeline.readers import read_topics
@@ -354,6 +359,10 @@ def main() -> None:
                                  "query_pool": len(queries), "encoder": "splade-tiny",
                                  "query_encoder": (record.get("query_encoder") or {}).get("name", "splade-tiny"),
                                  "torch_threads_per_worker": 1}
+    name = f"serve.q-{side_label(args.query_encoder)}" if args.query_encoder else "serve"
+    if args.hold_ms:
+        held_probe(index, queries, args, result, f"{name}.hold-{args.hold_ms:g}")
+        return
     server = Server(index, workers=1)
     try:
         result["startup_s"] = {"1_worker": server.startup_s}
@@ -401,7 +410,24 @@ def main() -> None:
     result["targets"] = {**targets, "service_overhead_k10_under_2ms": result["service_overhead_k10_ms"] < 2,
                          "two_workers_at_least_1.6x": throughput["ratio_2_to_1"] >= 1.6,
                          "zero_errors": result["errors"] == 0}
-    name = f"serve.q-{side_label(args.query_encoder)}" if args.query_encoder else "serve"
+    common.write_result(name, result, args, threads=1)
+
+
+def held_probe(index: Path, queries: list[str], args, result: dict[str, object], name: str) -> None:
+    """``--hold-ms``: k=10 latency of a server whose encoding is held (``_held_serve``), both clients."""
+    server = Server(index, workers=1, hold_ms=args.hold_ms)
+    try:
+        sequential(server.port, queries[:max(20, args.latency_queries // 5)], 10)  # warm the JIT and caches
+        with timed(args.lock):
+            load = round(os.getloadavg()[0], 2)
+            k10, k10_http_client = sequential(server.port, queries[:args.latency_queries], 10,
+                                              clients=(Connection, StdlibConnection))
+    finally:
+        server.stop()
+    result.update(hold_ms=args.hold_ms, latency={"k10": k10, "k10_http_client": k10_http_client},
+                  loadavg_1min_at_start=load, service_overhead_k10_ms=overhead(k10),
+                  service_overhead_k10_http_client_ms=overhead(k10_http_client),
+                  errors=k10["errors"] + k10_http_client["errors"])
     common.write_result(name, result, args, threads=1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -86,3 +87,18 @@ def test_connection_close_closes_the_socket_after_the_answer() -> None:
     assert conn.get("/health") == (429, b"{}")
     with pytest.raises(OSError):
         conn.get("/health")
+
+
+def test_the_held_probe_returns_the_encoding_unchanged_and_never_sooner_than_asked() -> None:
+    held_serve = bench_module("_held_serve")
+    calls = []
+
+    def encode(self, texts):
+        calls.append((self, texts))
+        return [{"t": 1}]
+
+    encode_held = held_serve.held(encode, 0.02)
+    start = time.perf_counter()
+    assert encode_held("index", ["a b"]) == [{"t": 1}]
+    assert time.perf_counter() - start >= 0.02  # what the probe is for: a lower bound, not a speed
+    assert calls == [("index", ["a b"])]
