@@ -167,3 +167,64 @@ def test_absent_device_or_unsupported_precision_is_one_line(tmp_path, demo_tripl
     code = main(["train", "--output", str(tmp_path / "c"), "--triples", str(triples), "--device", "cuda:99",
                  "--quiet"])
     assert code == 2 and not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_resumed_fine_tune_ends_with_the_weights_of_an_uninterrupted_one(trained, demo_triples, tmp_path):
+    """Stopped after one step and resumed (the ``trained`` fixture), the run sees the same batches,
+    learning rates and dropout masks as one that never stopped: the same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    whole = tmp_path / "whole"
+    train(demo_triples, whole, settings=SETTINGS, save_steps=2, progress=False)
+    resumed, uninterrupted = load_file(trained[0] / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
+    steps = lambda folder: [json.loads(l) for l in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert steps(trained[0]) == steps(whole)
+
+
+def test_dropout_masks_come_from_the_seed_and_the_steps_alone(tmp_path):
+    """What the trainer draws between steps (a data loader's seed each epoch) does not move the masks;
+    a run resumed from a checkpoint continues the stream."""
+    from types import SimpleNamespace
+
+    from pipeline.training.callbacks import DropoutStream
+
+    torch.manual_seed(7)
+    expected = [torch.rand(4) for _ in range(3)]  # the loop: seeded, then only forward passes draw
+    args = SimpleNamespace(device=torch.device("cpu"), output_dir=str(tmp_path))
+    stream, drawn = DropoutStream(7), []
+    torch.manual_seed(999)  # whatever the trainer seeded before
+    stream.on_train_begin(args, None, None)
+    for step in (1, 2):
+        torch.rand(3)  # drawn outside the steps
+        stream.on_step_begin(args, None, None)
+        drawn.append(torch.rand(4))
+        stream.on_step_end(args, None, None)
+    (tmp_path / "checkpoint-2").mkdir()
+    stream.on_save(args, SimpleNamespace(global_step=2), None)
+    resumed = DropoutStream(7, resume_from=tmp_path / "checkpoint-2")
+    torch.manual_seed(123)  # a fresh process
+    resumed.on_train_begin(args, None, None)
+    torch.rand(5)
+    resumed.on_step_begin(args, None, None)
+    drawn.append(torch.rand(4))
+    assert all(torch.equal(got, want) for got, want in zip(drawn, expected, strict=True))
+
+
+def test_each_column_goes_through_the_model_in_a_forward_pass_of_its_own():
+    """As the hand-written loop ran them: the document columns are not merged into one batch padded
+    to the wider of the two (dropout would draw its masks over that shape)."""
+    from pipeline.training import modules, objectives
+
+    model = modules.splade_model(models.resolve(None).location, doc_max_length=64)
+    loss = objectives.splade_loss(model, "contrastive", "flops", 3e-3, 1e-3)
+    columns = [["coral reefs", "bees in winter"], ["coral reefs bleach when the ocean warms", "bees cluster"],
+               ["a desert", "photosynthesis in plants turns light, water and air into sugar and oxygen"]]
+    features = [model.preprocess(texts, task="query" if n == 0 else "document") for n, texts in enumerate(columns)]
+    shapes = []
+    original = model.forward
+    model.forward = lambda batch, **kwargs: shapes.append(tuple(batch["input_ids"].shape)) or original(batch, **kwargs)
+    loss(features, None)
+    assert shapes == [tuple(f["input_ids"].shape) for f in features]
+    assert len({shape[1] for shape in shapes[1:]}) == 2  # the two document columns padded apart

@@ -1,4 +1,5 @@
-"""Trainer callbacks: ``--max-minutes`` as a resumable stop, and ``train_log.jsonl``."""
+"""Trainer callbacks: ``--max-minutes`` as a resumable stop, ``train_log.jsonl``, and the dropout
+masks as a stream of the seed and the steps alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.training.objectives import Regulariser
 
@@ -27,6 +30,57 @@ class Deadline(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class DropoutStream(TrainerCallback):
+    """Dropout masks drawn from a generator that only the training steps advance.
+
+    The trainer draws from torch's global generator outside the steps too (the data loader takes a
+    seed from it every epoch, before the first step included), so each step's dropout masks
+    depended on more than the seed and the steps before it, and differed from those of the
+    hand-written loop (``pipeline.training.schedule``), which seeded torch and then only ran
+    forward passes. Here the generator starts from ``torch.manual_seed(seed)`` and its state is put
+    back at the start of each step as the previous step left it, so step N draws the masks the loop
+    drew at step N. The state is saved in each checkpoint (``dropout_rng.pt``) and a resumed run
+    continues it; a checkpoint without one (written before this) continues from the trainer's own.
+    Streams of the CPU and, when training there, the current CUDA device.
+    """
+
+    FILE = "dropout_rng.pt"
+
+    def __init__(self, seed: int, resume_from: Path | None = None) -> None:
+        self.seed = seed
+        self.resume_from = resume_from
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = Path(self.resume_from) / self.FILE if self.resume_from is not None else None
+        if saved is None:
+            torch.manual_seed(self.seed)
+            self.state = self._current(args)
+        elif saved.is_file():
+            self.state = torch.load(saved, weights_only=True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.state is not None:
+            torch.set_rng_state(self.state["cpu"])
+            if "cuda" in self.state:
+                torch.cuda.set_rng_state(self.state["cuda"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.state = self._current(args)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.state is not None and folder.is_dir():
+            torch.save(self.state, folder / self.FILE)
+
+    @staticmethod
+    def _current(args) -> dict[str, torch.Tensor]:
+        current = {"cpu": torch.get_rng_state()}
+        if args.device.type == "cuda":
+            current["cuda"] = torch.cuda.get_rng_state()
+        return current
 
 
 class TrainLog(TrainerCallback):

@@ -9,11 +9,15 @@ number of non-zero terms it saw (postings per query, per document) for the train
 
 sentence-transformers raises the lambdas over a fraction of the run; ``--lambda-warmup-steps``
 counts steps, so ``RegulariserWarmup`` keeps its quadratic schedule and sets the length in steps.
+
+Each column (queries, positives, negatives) goes through the model in a forward pass of its own,
+padded to its own longest text, as the hand-written loop ran them (``ColumnwiseSpladeLoss``).
 """
 
 from __future__ import annotations
 
 import torch
+from sentence_transformers.base.losses import column_merging_disabled
 from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 from sentence_transformers.sparse_encoder.losses import (SparseMarginMSELoss, SparseMultipleNegativesRankingLoss,
                                                          SpladeLoss)
@@ -55,6 +59,21 @@ class Regulariser(torch.nn.Module):
         return {"kind": self.kind}
 
 
+class ColumnwiseSpladeLoss(SpladeLoss):
+    """``SpladeLoss`` with a forward pass per column.
+
+    sentence-transformers merges the document columns into one batch padded to the wider of the two;
+    the loss is the same without dropout, but dropout then draws its masks over another shape, so
+    with the loop's batches, learning rates and dropout stream (``callbacks.DropoutStream``) the
+    trainer still trained another model than the loop did. On a CPU the merged batch also computes
+    the narrower column's padding.
+    """
+
+    def forward(self, sentence_features, labels=None):
+        with column_merging_disabled():
+            return super().forward(sentence_features, labels)
+
+
 def splade_loss(model, ranking: str, regulariser: str, lambda_q: float, lambda_d: float) -> SpladeLoss:
     """``SpladeLoss`` over ``ranking`` with our regulariser on queries and documents."""
     if ranking == "contrastive":
@@ -63,7 +82,7 @@ def splade_loss(model, ranking: str, regulariser: str, lambda_q: float, lambda_d
         base = SparseMarginMSELoss(model)  # label: [teacher score of positive, of negative]
     else:
         raise ValueError(f"loss must be one of {RANKING_LOSSES}, got {ranking!r}")
-    return SpladeLoss(model, base, document_regularizer_weight=lambda_d, query_regularizer_weight=lambda_q,
+    return ColumnwiseSpladeLoss(model, base, document_regularizer_weight=lambda_d, query_regularizer_weight=lambda_q,
                       document_regularizer=Regulariser(regulariser), query_regularizer=Regulariser(regulariser))
 
 

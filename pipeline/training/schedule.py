@@ -13,6 +13,10 @@ without any change to the objective:
 * ``linear_warmup_decay``: the learning rate rises over ``warmup`` steps starting at
   ``lr / warmup`` on the first step (the Hugging Face linear schedule starts at zero, so its first
   optimiser step moves nothing), then falls linearly to zero at the last step.
+
+Two more follow the loop elsewhere, so that the trainer draws the loop's dropout masks: each column
+has a forward pass of its own (``objectives.ColumnwiseSpladeLoss``), and the masks come from a
+generator that only the steps advance (``callbacks.DropoutStream``).
 """
 
 from __future__ import annotations
