@@ -246,7 +246,7 @@ def train(triples: list[Triple], output: Path, encoder: str | None = None, setti
     log = callbacks.TrainLog(output / "train_log.jsonl", loss.query_regularizer, loss.document_regularizer,
                              progress)
     deadline = callbacks.Deadline(max_minutes) if max_minutes is not None else None
-    dropout = callbacks.DropoutStream(settings.seed, resume[0] if resume else None)
+    dropout = callbacks.DropoutStream(resume[0] if resume else None)
     trainer = _trainer(model, loss, dataset, settings, steps, save_steps, checkpoint, placement,
                        [objectives.RegulariserWarmup(loss, settings.lambda_warmup_steps), log, dropout,
                         *([deadline] if deadline else [])])

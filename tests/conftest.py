@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -82,6 +82,7 @@ def bench_module(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: dataclasses and pickling look it up there
         spec.loader.exec_module(module)
         return module
     finally:

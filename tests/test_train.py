@@ -169,31 +169,64 @@ def test_absent_device_or_unsupported_precision_is_one_line(tmp_path, demo_tripl
     assert code == 2 and not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
-def test_a_resumed_fine_tune_ends_with_the_weights_of_an_uninterrupted_one(trained, demo_triples, tmp_path):
-    """Stopped after one step and resumed (the ``trained`` fixture), the run sees the same batches,
-    learning rates and dropout masks as one that never stopped: the same weights, bit for bit."""
+def weights(folder):
     from safetensors.torch import load_file
 
+    return load_file(folder / "model.safetensors")
+
+
+def same_weights(first, second) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+def log_lines(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_fine_tune_ends_with_the_weights_of_an_uninterrupted_one(trained, demo_triples, tmp_path):
+    """Stopped after one step and resumed (the ``trained`` fixture), the run ends where one that never
+    stopped ends: the same weights, bit for bit, and the same log."""
     whole = tmp_path / "whole"
     train(demo_triples, whole, settings=SETTINGS, save_steps=2, progress=False)
-    resumed, uninterrupted = load_file(trained[0] / "model.safetensors"), load_file(whole / "model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
-    steps = lambda folder: [json.loads(l) for l in (folder / "train_log.jsonl").read_text().splitlines()]
-    assert steps(trained[0]) == steps(whole)
+    assert same_weights(weights(trained[0]), weights(whole))
+    assert log_lines(trained[0]) == log_lines(whole)
+
+
+def test_draws_between_steps_do_not_move_the_dropout_masks(demo_triples, tmp_path, monkeypatch):
+    """Whatever else takes numbers from torch's generator between the steps (here a callback at the
+    start of every epoch and the end of every step), the run trains the same model: its masks come
+    from the seed and the steps alone (``callbacks.DropoutStream``)."""
+    from transformers import TrainerCallback
+
+    import pipeline.train as train_module
+
+    class Draws(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            torch.rand(7)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.rand(3)
+
+    settings = TrainSettings(**{**SETTINGS.__dict__, "max_steps": 6})  # past an epoch of the demo's 20
+    train(demo_triples, tmp_path / "plain", settings=settings, progress=False)
+    trainer = train_module._trainer
+    monkeypatch.setattr(train_module, "_trainer", lambda *args: trainer(*args[:-1], [*args[-1], Draws()]))
+    train(demo_triples, tmp_path / "drawn", settings=settings, progress=False)
+    assert same_weights(weights(tmp_path / "plain"), weights(tmp_path / "drawn"))
 
 
 def test_dropout_masks_come_from_the_seed_and_the_steps_alone(tmp_path):
-    """What the trainer draws between steps (a data loader's seed each epoch) does not move the masks;
-    a run resumed from a checkpoint continues the stream."""
+    """The stream itself: draws outside the steps skipped, continued across a checkpoint; a file cut
+    short by a kill is refused by name."""
     from types import SimpleNamespace
 
     from pipeline.training.callbacks import DropoutStream
 
     torch.manual_seed(7)
     expected = [torch.rand(4) for _ in range(3)]  # the loop: seeded, then only forward passes draw
-    args = SimpleNamespace(device=torch.device("cpu"), output_dir=str(tmp_path))
-    stream, drawn = DropoutStream(7), []
+    args = SimpleNamespace(device=torch.device("cpu"), output_dir=str(tmp_path), seed=7, world_size=1,
+                           process_index=0)
+    stream, drawn = DropoutStream(), []
     torch.manual_seed(999)  # whatever the trainer seeded before
     stream.on_train_begin(args, None, None)
     for step in (1, 2):
@@ -203,13 +236,19 @@ def test_dropout_masks_come_from_the_seed_and_the_steps_alone(tmp_path):
         stream.on_step_end(args, None, None)
     (tmp_path / "checkpoint-2").mkdir()
     stream.on_save(args, SimpleNamespace(global_step=2), None)
-    resumed = DropoutStream(7, resume_from=tmp_path / "checkpoint-2")
+    assert sorted(path.name for path in (tmp_path / "checkpoint-2").iterdir()) == ["dropout_rng.pt"]
+    resumed = DropoutStream(resume_from=tmp_path / "checkpoint-2")
     torch.manual_seed(123)  # a fresh process
     resumed.on_train_begin(args, None, None)
     torch.rand(5)
     resumed.on_step_begin(args, None, None)
     drawn.append(torch.rand(4))
     assert all(torch.equal(got, want) for got, want in zip(drawn, expected, strict=True))
+
+    saved = tmp_path / "checkpoint-2" / "dropout_rng.pt"
+    saved.write_bytes(saved.read_bytes()[:40])
+    with pytest.raises(InputError, match="dropout_rng.pt: unreadable"):
+        DropoutStream(resume_from=tmp_path / "checkpoint-2").on_train_begin(args, None, None)
 
 
 def test_each_column_goes_through_the_model_in_a_forward_pass_of_its_own():

@@ -4,6 +4,7 @@ masks as a stream of the seed and the steps alone."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from pipeline.errors import InputError
 from pipeline.training.objectives import Regulariser
 
 
@@ -39,47 +41,63 @@ class DropoutStream(TrainerCallback):
     seed from it every epoch, before the first step included), so each step's dropout masks
     depended on more than the seed and the steps before it, and differed from those of the
     hand-written loop (``pipeline.training.schedule``), which seeded torch and then only ran
-    forward passes. Here the generator starts from ``torch.manual_seed(seed)`` and its state is put
-    back at the start of each step as the previous step left it, so step N draws the masks the loop
-    drew at step N. The state is saved in each checkpoint (``dropout_rng.pt``) and a resumed run
-    continues it; a checkpoint without one (written before this) continues from the trainer's own.
-    Streams of the CPU and, when training there, the current CUDA device.
+    forward passes. Here the generator starts from ``torch.manual_seed(args.seed)`` and its state
+    is put back at the start of each step as the previous step left it, so step N draws the masks
+    the loop drew at step N. The state is saved in each checkpoint (``dropout_rng.pt``, one per
+    process when there are several) and a resumed run continues it. A checkpoint without the file
+    (written before it existed, or killed between the trainer's save and this one) continues from
+    the trainer's own saved state, which is the same: nothing draws between a step's end and the save.
+    Streams of the CPU and of the device the trainer runs on (CUDA, MPS).
     """
 
-    FILE = "dropout_rng.pt"
-
-    def __init__(self, seed: int, resume_from: Path | None = None) -> None:
-        self.seed = seed
+    def __init__(self, resume_from: Path | None = None) -> None:
         self.resume_from = resume_from
         self.state: dict[str, torch.Tensor] | None = None
 
+    @staticmethod
+    def file_name(args) -> str:
+        return f"dropout_rng_{args.process_index}.pt" if args.world_size > 1 else "dropout_rng.pt"
+
     def on_train_begin(self, args, state, control, **kwargs):
-        saved = Path(self.resume_from) / self.FILE if self.resume_from is not None else None
-        if saved is None:
-            torch.manual_seed(self.seed)
+        if self.resume_from is None:
+            torch.manual_seed(args.seed)
             self.state = self._current(args)
-        elif saved.is_file():
-            self.state = torch.load(saved, weights_only=True)
+            return
+        saved = Path(self.resume_from) / self.file_name(args)
+        if saved.is_file():
+            try:
+                self.state = torch.load(saved, weights_only=True)
+            except Exception as exc:  # a file cut short by a kill, or not ours
+                raise InputError(saved, f"unreadable ({type(exc).__name__}); delete it to resume from the "
+                                        "trainer's own state") from None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.state is not None:
-            torch.set_rng_state(self.state["cpu"])
-            if "cuda" in self.state:
-                torch.cuda.set_rng_state(self.state["cuda"])
+        if self.state is None:
+            return
+        torch.set_rng_state(self.state["cpu"])
+        if "cuda" in self.state:
+            torch.cuda.set_rng_state(self.state["cuda"], args.device)
+        if "mps" in self.state:
+            torch.mps.set_rng_state(self.state["mps"])
 
     def on_step_end(self, args, state, control, **kwargs):
         self.state = self._current(args)
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if self.state is not None and folder.is_dir():
-            torch.save(self.state, folder / self.FILE)
+        if self.state is None or not folder.is_dir():  # the trainer saved nothing here
+            return
+        temporary = folder / f".{self.file_name(args)}.tmp"
+        torch.save(self.state, temporary)
+        os.replace(temporary, folder / self.file_name(args))  # never a half-written file under the name
 
     @staticmethod
     def _current(args) -> dict[str, torch.Tensor]:
         current = {"cpu": torch.get_rng_state()}
         if args.device.type == "cuda":
-            current["cuda"] = torch.cuda.get_rng_state()
+            current["cuda"] = torch.cuda.get_rng_state(args.device)
+        elif args.device.type == "mps":
+            current["mps"] = torch.mps.get_rng_state()
         return current
 
 

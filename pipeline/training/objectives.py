@@ -16,6 +16,8 @@ padded to its own longest text, as the hand-written loop ran them (``ColumnwiseS
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from sentence_transformers.base.losses import column_merging_disabled
 from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
@@ -66,10 +68,11 @@ class ColumnwiseSpladeLoss(SpladeLoss):
     the loss is the same without dropout, but dropout then draws its masks over another shape, so
     with the loop's batches, learning rates and dropout stream (``callbacks.DropoutStream``) the
     trainer still trained another model than the loop did. On a CPU the merged batch also computes
-    the narrower column's padding.
+    the narrower column's padding; on a GPU three smaller forward passes a step may take longer than two.
     """
 
-    def forward(self, sentence_features, labels=None):
+    def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]],
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         with column_merging_disabled():
             return super().forward(sentence_features, labels)
 
