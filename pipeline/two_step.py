@@ -126,14 +126,15 @@ class TwoStepSearcher:
         # only the candidates that can reach the cut-off (ties included) are ordered, by their stored
         # id bytes, and only those kept have their ids decoded
         reach = within_cut(exact, hits + drop_self)
-        ids = self.store.id_bytes(rows[reach])
-        order = trec_eval_positions(ids, exact[reach])
+        near_rows, near_scores = rows[reach], exact[reach]
+        ids = self.store.id_bytes(near_rows)
+        order = trec_eval_positions(ids, near_scores)
         if drop_self:  # the query's own document, by row (the store's id look-up, -1 when it has none)
-            own = rows[reach][order] == self.store.find([qid])[0]
+            own = near_rows[order] == self.store.find([qid])[0]
             info["self_hit_removed"] = bool(own.any())
             order = order[~own]
         top = order[:hits]
-        ranked = list(zip(map(id_text, ids[top]), exact[reach][top].astype(np.float64).tolist()))
+        ranked = list(zip(map(id_text, ids[top]), near_scores[top].astype(np.float64).tolist()))
         threshold = int(first_scores[-1]) if len(first_scores) >= depth else 0
         bound = threshold + self._pruned_mass(terms, kept)
         kth = int(ranked[hits - 1][1]) if len(ranked) >= hits else 0
