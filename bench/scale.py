@@ -388,16 +388,19 @@ def stage_bmp(files: list[str], index: str, queries: str, exact: str, max_impact
 
 
 def stage_companion(collection: str, index: str, prune_docs: int, threads: int, index_record: str,
-                    forward_format: str) -> dict[str, Any]:
+                    forward_format: str, min_impact: int = 0) -> dict[str, Any]:
     """The index stage's two-step companion (pruned first-stage index + forward store) beside a built
     index; ``index_record`` (the full index's record checksum) and ``forward_format`` (the store's
-    format, so a store of another format is built again) only key the cache."""
+    format, so a store of another format is built again) only key the cache. ``min_impact``: the
+    first stage also drops postings under it (``index --prune-impact``)."""
     from pipeline.first_stage import build_companion, companion_bytes
 
     start = time.perf_counter()
-    record, _ = build_companion(Path(collection), Path(index), prune_docs, threads, overwrite=True)
+    record, _ = build_companion(Path(collection), Path(index), prune_docs, threads, overwrite=True,
+                                min_impact=min_impact)
     sizes = companion_bytes(Path(index))
     return {"seconds": round(time.perf_counter() - start, 2), "threads": threads, "prune_docs": prune_docs,
+            **({"min_impact": min_impact, "pruned_to_nothing": record["pruned_to_nothing"]} if min_impact else {}),
             "build_seconds": record["build_seconds"], "postings": record["postings"],
             "first_stage_mb": round(sizes["first_stage_bytes"] / 2**20, 1),
             "forward_store_mb": round(sizes["forward_bytes"] / 2**20, 1),
@@ -587,15 +590,25 @@ def fastest_at(rows: list[dict[str, Any]], level: float, name: Callable[[dict[st
     return {"setting": name(best), "p50_ms": best["latency_1_thread"]["p50_ms"], "recall@10": best["recall@10"]}
 
 
+def pruning_label(entry: dict[str, Any], key: str) -> str:
+    """The first-stage pruning of the two-step entry ``key`` (``two_step`` or ``two_step@...``), as
+    the tables and the plot name it: N postings per document, and the impact floor where there is one."""
+    built = entry.get("companion" + key[len("two_step"):], {}).get("result", {})
+    floor = built.get("min_impact")
+    return f"N={built.get('prune_docs')}" + (f", impact >= {floor}" if floor else "")
+
+
 def matched_recall(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """At each recall@10 level, the fastest two-step setting and the fastest Seismic setting that reach
     it (k=10, one query at a time), beside exhaustive Lucene (recall 1): the engines compared at equal
     recall, not each at a setting of its own choosing."""
-    two_step = [row for row in entry.get("two_step", {}).get("result", {}).get("settings", []) if row["k"] == 10]
+    two_step = [{**row, "pruning": pruning_label(entry, key)} for key, value in entry.items()
+                if key.startswith("two_step") for row in value.get("result", {}).get("settings", []) if row["k"] == 10]
     seismic = entry.get("seismic", {}).get("result", {}).get("k=10") or []
     lucene = entry.get("lucene", {}).get("result", {}).get("k=10", {}).get("latency_1_thread", {}).get("p50_ms")
     return [{"recall@10_at_least": level,
-             "two_step": fastest_at(two_step, level, lambda r: f"{r['query_terms'] or 'all'} terms, k' {r['candidates']}"),
+             "two_step": fastest_at(two_step, level, lambda r: f"{r['pruning']}, {r['query_terms'] or 'all'} terms, "
+                                                               f"k' {r['candidates']}"),
              "seismic": fastest_at(seismic, level, lambda r: f"query_cut {r['query_cut']}, heap_factor {r['heap_factor']}"),
              "lucene_exhaustive_p50_ms": lucene} for level in MATCHED_RECALL]
 
@@ -787,6 +800,9 @@ def main() -> int:
     parser.add_argument("--prune-docs", type=int, nargs="+", default=None,
                         help="two-step: postings kept per document in the first stage, one companion after "
                              "another (default: the index stage's default)")
+    parser.add_argument("--prune-impact", type=int, nargs="+", default=None, metavar="T",
+                        help="two-step: impact floors of the first stage (index --prune-impact; 0: none), each "
+                             "with each --prune-docs value (default: 0)")
     parser.add_argument("--two-step-settings", nargs="+", default=None, metavar="Q:K:CANDIDATES",
                         help="two-step settings measured, e.g. 10:10:100 (query terms, k, candidates; Q 0 = all); "
                              "default: Q 5, 10, 20 with k=10 at 50/100/200 candidates and k=1000 at 1000/2000")
@@ -981,7 +997,7 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = {(f"{label}, N={e['companion' + key[8:]]['result'].get('prune_docs')}", label): value["result"]["settings"]
+    measured = {(f"{label}, {pruning_label(e, key)}", label): value["result"]["settings"]
                 for label, e in entries.items() for key, value in e.items()
                 if key.startswith("two_step") and "settings" in value.get("result", {})}
     if not measured:
@@ -1038,8 +1054,8 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     """Build the companion of one index for each ``--prune-docs`` value in turn and measure two-step
     search on it. The default pruning's entries are ``companion`` and ``two_step`` (its default
     settings' rows named ``default_k=10`` / ``default_k=1000`` for the growth table); others are
-    ``companion@N`` and ``two_step@N``."""
-    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record
+    ``companion@N`` and ``two_step@N`` (``@NiT`` with the impact floor T)."""
+    from pipeline.first_stage import DEFAULT_PRUNE_DOCS, companion_record, pruning_rule
     from pipeline.forward import FORMAT
     from pipeline.outputs import file_sha256
     from pipeline.two_step import DEFAULT_QUERY_TERMS, TwoStepOptions
@@ -1047,25 +1063,27 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     record = index / "splade-pipeline.json"
     if not record.is_file():  # --cached-only without the index
         return {}
-    grid = args.prune_docs or [DEFAULT_PRUNE_DOCS]
-    main_prune = DEFAULT_PRUNE_DOCS if DEFAULT_PRUNE_DOCS in grid else grid[0]
+    grid = [(n, floor) for n in args.prune_docs or [DEFAULT_PRUNE_DOCS] for floor in args.prune_impact or [0]]
+    main_prune = (DEFAULT_PRUNE_DOCS, 0) if (DEFAULT_PRUNE_DOCS, 0) in grid else grid[0]
     settings = two_step_settings(args, smoke)
     defaults = {k: [DEFAULT_QUERY_TERMS, k, TwoStepOptions().depth(k)] for k in (10, 1000)}
     settings += [s for s in defaults.values() if s not in settings]
     entry: dict[str, Any] = {}
-    for prune_docs in grid:
-        suffix = "" if prune_docs == main_prune else f"@{prune_docs}"
+    for prune_docs, floor in grid:
+        tag = f"{prune_docs}i{floor}" if floor else str(prune_docs)
+        suffix = "" if (prune_docs, floor) == main_prune else f"@{tag}"
         built = companion_record(index)
-        cached_build = work / "stages" / f"companion-{label}-{prune_docs}.json"
-        if built is None or built["pruning"]["postings_per_doc"] != prune_docs:
+        cached_build = work / "stages" / f"companion-{label}-{tag}.json"
+        if built is None or built["pruning"] != pruning_rule(prune_docs, floor):
             cached_build.unlink(missing_ok=True)  # another pruning is on disk now: build this one again
         entry["companion" + suffix] = run_stage(
-            work, "companion", f"companion-{label}-{prune_docs}",
+            work, "companion", f"companion-{label}-{tag}",
             {"collection": str(collection), "index": str(index), "prune_docs": prune_docs, "threads": args.threads,
-             "index_record": file_sha256(record), "forward_format": FORMAT}, args.lock, timed=True)
+             "index_record": file_sha256(record), "forward_format": FORMAT, **({"min_impact": floor} if floor else {})},
+            args.lock, timed=True)
         companion = index / "two-step" / "two-step.json"
         entry["two_step" + suffix] = run_stage(
-            work, "two_step", f"two-step-{label}-{prune_docs}-{args.dev_queries}",
+            work, "two_step", f"two-step-{label}-{tag}-{args.dev_queries}",
             {"index": str(index), "queries": str(queries), "settings": settings,
              "threads": sorted({1, args.threads}), "warmup": 5 if smoke else 100,
              "companion_record": file_sha256(companion) if companion.is_file() else None}, args.lock, timed=True)

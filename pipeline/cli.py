@@ -117,13 +117,21 @@ def _two_step_options(parser: argparse.ArgumentParser, build: bool = False) -> N
     if build:
         parser.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
                             help="two-step: postings kept per document in the first stage (default 128)")
+        _prune_impact(parser)
+
+
+def _prune_impact(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prune-impact", type=integer(0), default=None, metavar="T",
+                        help="two-step: also leave out of the first stage every posting whose impact is under T "
+                             "(pruning by impact; recorded beside --prune-docs)")
 
 
 def two_step_choice(args: argparse.Namespace):
     """The two-step options given, or None; two-step settings without ``--two-step`` are refused."""
     given = [flag for flag, value in (("--candidates", args.candidates), ("--query-terms", args.query_terms),
-                                      ("--prune-docs", getattr(args, "prune_docs", None) if args.command == "run"
-                                       else None)) if value is not None]
+                                      *((flag, getattr(args, flag[2:].replace("-", "_"), None))
+                                        for flag in ("--prune-docs", "--prune-impact") if args.command == "run"))
+             if value is not None]
     if not args.two_step:
         if given:
             raise PipelineError(f"{given[0]} needs --two-step")
@@ -166,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-docs", type=COUNT, default=None, metavar="N",
                    help="also build the two-step companion: a first-stage index keeping each document's N "
                         "largest impacts, and a forward store of the full vectors (for search --two-step)")
+    _prune_impact(p)
     _common(p)
 
     p = commands.add_parser("search", help="topics -> run file, by impact search")
@@ -325,7 +334,8 @@ def _run(args: argparse.Namespace) -> int:
                       quantisation=args.quantisation)
     elif args.command == "index":
         stages.index(args.collection, args.index, args.threads, args.store_raw, args.overwrite, args.verbose,
-                     progress=progress, query_encoder=args.query_encoder, prune_docs=args.prune_docs)
+                     progress=progress, query_encoder=args.query_encoder, prune_docs=args.prune_docs,
+                     prune_impact=args.prune_impact)
     elif args.command == "search":
         from pipeline.encoders import Options
 
@@ -388,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
                              preset=args.preset, device=args.device, precision=args.precision,
                              backend=args.backend, query_encoder=args.query_encoder,
                              quantisation=args.quantisation, two_step=two_step_choice(args),
-                             prune_docs=args.prune_docs)
+                             prune_docs=args.prune_docs, prune_impact=args.prune_impact)
         print(json.dumps(result, indent=2) if args.json else results_table([result]))
     elif args.command == "demo":
         from pipeline.demo import run_demo

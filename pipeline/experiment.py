@@ -98,17 +98,20 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
                 corpus: Path | None = None, topics: Path | None = None, qrels: Path | None = None,
                 preset: str = "auto", device: str | None = None, precision: str | None = None,
                 backend: str = "torch", query_encoder: str | None = None, quantisation: str | None = None,
-                two_step: TwoStepOptions | None = None, prune_docs: int | None = None) -> dict[str, Any]:
+                two_step: TwoStepOptions | None = None, prune_docs: int | None = None,
+                prune_impact: int | None = None) -> dict[str, Any]:
     """Encode, index, search and evaluate one dataset; returns paths, timings, figures and the
     remove-query rule that applied (``auto``, ``always``, ``never``; see the module docstring).
 
     Without ``name`` outputs are named after the dataset folder (or the corpus file's folder); the
     split is the qrels file's name when ``qrels`` is given. ``two_step``: the index stage also builds
     the two-step companion (``prune_docs`` postings per document, default
-    ``first_stage.DEFAULT_PRUNE_DOCS``) and the search is two-step; the run is named ``<model>-two-step``.
+    ``first_stage.DEFAULT_PRUNE_DOCS``; ``prune_impact``: none under that impact) and the search is
+    two-step; the run is named ``<model>-two-step``.
     """
-    if prune_docs is not None and two_step is None:
-        raise PipelineError("--prune-docs needs --two-step")
+    for flag, value in (("--prune-docs", prune_docs), ("--prune-impact", prune_impact)):
+        if value is not None and two_step is None:
+            raise PipelineError(f"{flag} needs --two-step")
     if two_step is not None:
         two_step.check(hits)  # before any stage runs
     root = Path(root)
@@ -131,7 +134,8 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
     timings["encode_s"] = time.perf_counter() - start
     start = time.perf_counter()
     stages.index(collection, index_dir, threads, store_raw, overwrite, verbose, say, progress,
-                 query_encoder=query_encoder, prune_docs=(prune_docs or DEFAULT_PRUNE_DOCS) if two_step else None)
+                 query_encoder=query_encoder, prune_docs=(prune_docs or DEFAULT_PRUNE_DOCS) if two_step else None,
+                 prune_impact=prune_impact)
     timings["index_s"] = time.perf_counter() - start
     start = time.perf_counter()
     topic_texts = judged_topics(queries, qrels)
@@ -156,7 +160,8 @@ def run_dataset(dataset: Path | None = None, encoder: str | None = None, name: s
             "documents": manifest["documents"], "collection": str(collection), "index": str(index_dir),
             "run": str(run_file), "qrels": str(qrels),
             **({"two_step": {**{k: counters[k] for k in ("two_step", "candidates_mean", "could_miss", "per_query")},
-                             "prune_docs": prune_docs or DEFAULT_PRUNE_DOCS}} if two_step else {}),
+                             "prune_docs": prune_docs or DEFAULT_PRUNE_DOCS,
+                             **({"prune_impact": prune_impact} if prune_impact else {})}} if two_step else {}),
             "timings": {k: round(v, 2) for k, v in timings.items()}}
 
 

@@ -91,14 +91,32 @@ def full_record_digest(index: Path) -> str:
     return outputs.value_sha256({key: value for key, value in record.items() if key != QUERY_SIDE})
 
 
-def pruning_rule(prune_docs: int) -> dict[str, Any]:
-    """The rule as recorded: which postings a document keeps in the first-stage index."""
-    return {"rule": "top postings per document by impact, ties by term", "postings_per_doc": prune_docs}
+def pruning_rule(prune_docs: int, min_impact: int = 0) -> dict[str, Any]:
+    """The rule as recorded: which postings a document keeps in the first-stage index. Without
+    ``min_impact`` the record is the one earlier companions carry, so they stay valid."""
+    if not min_impact:
+        return {"rule": "top postings per document by impact, ties by term", "postings_per_doc": prune_docs}
+    return {"rule": "top postings per document by impact, ties by term, then those of at least min_impact",
+            "postings_per_doc": prune_docs, "min_impact": min_impact}
 
 
-def check_prune_docs(prune_docs: int) -> None:
-    if isinstance(prune_docs, bool) or not isinstance(prune_docs, int) or prune_docs < 1:
-        raise PipelineError(f"--prune-docs must be an integer of at least 1, got {prune_docs!r}")
+def describe_rule(rule: dict[str, Any]) -> str:
+    """The rule as the command line gives it, for messages."""
+    text = f"--prune-docs {rule.get('postings_per_doc')}"
+    return text + (f" --prune-impact {rule['min_impact']}" if rule.get("min_impact") else "")
+
+
+def check_prune_docs(prune_docs: int, min_impact: int = 0) -> None:
+    for name, value, least in (("--prune-docs", prune_docs, 1), ("--prune-impact", min_impact, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise PipelineError(f"{name} must be an integer of at least {least}, got {value!r}")
+
+
+def kept_postings(postings: list[tuple[str, int]], prune_docs: int, min_impact: int) -> list[tuple[str, int]]:
+    """What the first stage holds of a document's postings (largest first): the first ``prune_docs``,
+    less those under ``min_impact``. The one home of the rule; ``pruned_maxima`` bounds what it drops."""
+    top = postings[:prune_docs]
+    return [posting for posting in top if posting[1] >= min_impact] if min_impact else top
 
 
 def open_companion(index: Path) -> Companion:
@@ -146,11 +164,13 @@ def integer_postings(path: Path, line: int, vector: dict) -> list[tuple[str, int
 
 
 def build_companion(collection: Path, index: Path, prune_docs: int = DEFAULT_PRUNE_DOCS, threads: int = 1,
-                    overwrite: bool = False, verbose: bool = False, progress: bool = False
+                    overwrite: bool = False, verbose: bool = False, progress: bool = False, min_impact: int = 0
                     ) -> tuple[dict[str, Any], bool]:
     """Build the companion of the (already built) full ``index`` from ``collection``; returns its record
-    and whether work was done. A companion with another rule is replaced only with ``overwrite``."""
-    check_prune_docs(prune_docs)
+    and whether work was done. A companion with another rule is replaced only with ``overwrite``.
+    ``min_impact``: postings under it are left out of the first stage too (pruning by impact)."""
+    check_prune_docs(prune_docs, min_impact)
+    rule = pruning_rule(prune_docs, min_impact)
     collection, index = Path(collection), Path(index)
     with outputs.locked(index, "index"), outputs.locked(collection, "index", shared=True):
         digest = full_record_digest(index)
@@ -158,19 +178,18 @@ def build_companion(collection: Path, index: Path, prune_docs: int = DEFAULT_PRU
         if existing is not None and forward.earlier_format(companion_folder(index) / FORWARD):
             existing = None  # a store of an earlier format: derived data, built again with no --overwrite
         if existing is not None and existing.get("full_index_record") == digest:
-            if existing.get(PRUNING) == pruning_rule(prune_docs) and not overwrite:
+            if existing.get(PRUNING) == rule and not overwrite:
                 return existing, False
             if not overwrite:
                 raise ConsistencyError(
-                    f"{companion_folder(index)} was built with --prune-docs "
-                    f"{existing.get(PRUNING, {}).get('postings_per_doc')}; use --overwrite to rebuild it with "
-                    f"{prune_docs}")
+                    f"{companion_folder(index)} was built with {describe_rule(existing.get(PRUNING, {}))}; use "
+                    f"--overwrite to rebuild it with {describe_rule(rule)}")
         target = outputs.absolute(companion_folder(index))
         temp = target.parent.with_name(f".{target.parent.name}.{COMPANION}.building-{os.getpid()}")
         outputs.clean_stale(target.parent.parent, f".{target.parent.name}.{COMPANION}.building-*", _building_pid)
         shutil.rmtree(temp, ignore_errors=True)
         try:
-            record = _build(collection, index, temp, prune_docs, threads, verbose, progress)
+            record = _build(collection, index, temp, prune_docs, min_impact, threads, verbose, progress)
             record["full_index_record"] = digest
             write_json(temp / COMPANION_RECORD, record)
             if target.exists():
@@ -186,26 +205,30 @@ def _building_pid(name: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: int, verbose: bool,
-           progress: bool) -> dict[str, Any]:
-    """Forward store and pruned collection in one pass over the collection, then the pruned index."""
+def _build(collection: Path, index: Path, temp: Path, prune_docs: int, min_impact: int, threads: int,
+           verbose: bool, progress: bool) -> dict[str, Any]:
+    """Forward store and pruned collection in one pass over the collection, then the pruned index.
+    A document whose postings are all pruned away stays out of the first stage (Lucene skips an
+    empty vector); the miss bound covers it (its first-stage score is 0)."""
     start = time.perf_counter()
     full = load_record(index)
     pruned_folder = temp / PRUNED_COLLECTION
     pruned_folder.mkdir(parents=True)
     files = [open(pruned_folder / f"part-{i:05d}.jsonl", "wb") for i in range(max(threads, 1))]
     writer = forward.ForwardWriter(temp / FORWARD)
-    documents = empty = kept = 0
+    documents = empty = emptied = kept = 0
     sources = record_files(collection)
     try:
         for path, line, record in vector_records(sources):
             postings = integer_postings(path, line, record["vector"])
+            first = kept_postings(postings, prune_docs, min_impact)
             if postings:
                 writer.add(record["id"], postings)
-                kept += min(len(postings), prune_docs)
+                kept += len(first)
+                emptied += not first
             else:
                 empty += 1
-            pruned = {"id": record["id"], "contents": "", "vector": dict(postings[:prune_docs])}
+            pruned = {"id": record["id"], "contents": "", "vector": dict(first)}
             files[documents % len(files)].write(json.dumps(pruned, ensure_ascii=False).encode() + b"\n")
             documents += 1
     except BaseException:
@@ -224,17 +247,18 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: 
                                "rebuild the index with --overwrite")
     pass_seconds = time.perf_counter() - start
     extra = {key: full[key] for key in RECORDED_SETTINGS if key in full}
+    rule = pruning_rule(prune_docs, min_impact)
     first = build_lucene_index(pruned_folder, temp / FIRST_STAGE, impact_arguments(threads, False),
-                               (documents, empty), collection, verbose, {**extra, PRUNING: pruning_rule(prune_docs)},
-                               progress)
+                               (documents, empty + emptied), collection, verbose, {**extra, PRUNING: rule}, progress)
     shutil.rmtree(pruned_folder)
     store_view = forward.ForwardStore(temp / FORWARD, check=False)
-    maxima = pruned_maxima(store_view, prune_docs)
+    maxima = pruned_maxima(store_view, prune_docs, min_impact)
     maxima.tofile(temp / MAX_PRUNED)
-    rows = lucene_rows(temp / FIRST_STAGE, store_view)
+    rows = lucene_rows(temp / FIRST_STAGE, store_view, store_view.documents - emptied)
     rows.tofile(temp / LUCENE_ROWS)
-    return {"created_by": outputs.CREATED_BY, PRUNING: pruning_rule(prune_docs), "documents": documents,
+    return {"created_by": outputs.CREATED_BY, PRUNING: rule, "documents": documents,
             "indexed": first["documents"], "postings": {"full": store["postings"], "first_stage": kept},
+            **({"pruned_to_nothing": emptied} if min_impact else {}),
             "max_pruned": {"dtype": maxima.dtype.str, "length": len(maxima),
                            "sha256": outputs.file_sha256(temp / MAX_PRUNED)},
             "lucene_rows": {"dtype": rows.dtype.str, "length": len(rows),
@@ -245,9 +269,10 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, threads: 
             **extra}
 
 
-def lucene_rows(first_stage: Path, store: forward.ForwardStore) -> np.ndarray:
+def lucene_rows(first_stage: Path, store: forward.ForwardStore, expected: int) -> np.ndarray:
     """Per Lucene document number of the built first-stage index, the forward-store row of the same
-    document (-1 for one without postings, which no search returns).
+    document (-1 for one without postings, which no search returns); ``expected``: how many of the
+    store's documents the first stage holds (those the pruning left a posting).
 
     Two-step search then reads its candidates' full vectors by the numbers Lucene returns, with no
     document id decoded or looked up per candidate (at k' = 2,000, decoding and looking up ids cost
@@ -262,15 +287,17 @@ def lucene_rows(first_stage: Path, store: forward.ForwardStore) -> np.ndarray:
     finally:
         searcher.close()
     mapped = rows[rows >= 0]
-    if len(mapped) != store.documents or len(np.unique(mapped)) != store.documents:
-        raise ConsistencyError(f"{first_stage} does not hold each of the forward store's {store.documents} "
-                               "documents once; rebuild it with index --prune-docs N --overwrite")
+    if len(mapped) != expected or len(np.unique(mapped)) != expected:
+        raise ConsistencyError(f"{first_stage} does not hold {expected} of the forward store's documents once "
+                               "each; rebuild it with index --prune-docs N --overwrite")
     return rows
 
 
-def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 << 16) -> np.ndarray:
+def pruned_maxima(store: forward.ForwardStore, prune_docs: int, min_impact: int = 0, chunk: int = 1 << 16
+                  ) -> np.ndarray:
     """Per term, the largest impact that the first stage does not hold: a row's postings past its
-    first ``prune_docs`` (the store keeps rows largest first). Zero for a term never pruned."""
+    first ``prune_docs`` (the store keeps rows largest first) or under ``min_impact``
+    (``kept_postings``' rule, over whole arrays). Zero for a term never pruned."""
     maxima = np.zeros(len(store.words), dtype=store.max_impact.dtype)
     offsets = np.asarray(store.offsets, dtype=np.int64)
     for lo in range(0, store.documents, chunk):
@@ -279,9 +306,9 @@ def pruned_maxima(store: forward.ForwardStore, prune_docs: int, chunk: int = 1 <
         starts = offsets[lo:hi]
         lengths = offsets[lo + 1:hi + 1] - starts
         rank = np.arange(last - first, dtype=np.int64) - np.repeat(starts - first, lengths)
-        pruned = rank >= prune_docs
+        terms, impacts = store.read_postings(first, last)
+        pruned = (rank >= prune_docs) | (impacts < min_impact)
         if pruned.any():
-            terms, impacts = store.read_postings(first, last)
             np.maximum.at(maxima, terms[pruned].astype(np.intp), impacts[pruned].astype(maxima.dtype))
     return maxima
 

@@ -107,9 +107,11 @@ def encode(corpus: Path, output: Path, encoder: str | None = None, batch_size: i
 
 def index(collection: Path, index_dir: Path, threads: int | None = None, store_raw: bool = False,
           overwrite: bool = False, verbose: bool = False, say: Say = stderr, progress: bool = False,
-          query_encoder: str | None = None, prune_docs: int | None = None) -> dict[str, Any]:
+          query_encoder: str | None = None, prune_docs: int | None = None, prune_impact: int | None = None
+          ) -> dict[str, Any]:
     """JsonVectorCollection to a Lucene impact index, verified against the manifest; with ``prune_docs``
-    also its two-step companion (pipeline.first_stage), whose record is returned under ``two_step``.
+    also its two-step companion (pipeline.first_stage), whose record is returned under ``two_step``,
+    ``prune_impact`` leaving out of its first stage the postings under that impact too.
     Without ``prune_docs`` no companion is built (an existing one is left as it is).
 
     ``query_encoder`` (``--query-encoder``): the query side the record names for searches of this
@@ -132,8 +134,10 @@ def index(collection: Path, index_dir: Path, threads: int | None = None, store_r
         backend = settings["encoder"].get("backend", "torch") if not side.inference_free else "torch"
         return side.describe(backend, settings["encoder"].get("precision") if not side.inference_free else None)
 
+    if prune_impact is not None and prune_docs is None:
+        raise PipelineError("--prune-impact needs --prune-docs")
     if prune_docs is not None:
-        check_prune_docs(prune_docs)  # before the full index is built
+        check_prune_docs(prune_docs, prune_impact or 0)  # before the full index is built
     threads = threads or default_threads()
     record, worked = build_index(Path(collection), Path(index_dir), threads, store_raw, overwrite, verbose,
                                  progress, query_side)
@@ -144,10 +148,11 @@ def index(collection: Path, index_dir: Path, threads: int | None = None, store_r
         + (f"; queries: {query}" if query else ""))
     if prune_docs is not None:
         companion, built = build_companion(Path(collection), Path(index_dir), prune_docs, threads, overwrite,
-                                           verbose, progress)
+                                           verbose, progress, prune_impact or 0)
         postings = companion["postings"]
-        say(f"{index_dir}: two-step companion {'built' if built else 'already built'}: {prune_docs} postings per "
-            f"document kept in the first stage ({postings['first_stage']:,} of {postings['full']:,}), "
+        floor = f" of impact {prune_impact} or more" if prune_impact else ""
+        say(f"{index_dir}: two-step companion {'built' if built else 'already built'}: up to {prune_docs} postings "
+            f"per document{floor} kept in the first stage ({postings['first_stage']:,} of {postings['full']:,}), "
             f"{companion['indexed']:,} documents; forward store of the full vectors")
         record = {**record, "two_step": companion}
     return record

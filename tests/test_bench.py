@@ -38,7 +38,7 @@ SMOKE: dict[str, list[str]] = {
     "query_sides.py": [],
     "ray_encode.py": [],
     "serve.py": [],
-    "scale.py": [],
+    "scale.py": ["--prune-impact", "0", "60"],
     "train.py": ["--seeds", "14"],
     "two_step.py": [],
 }
@@ -115,6 +115,8 @@ FIGURES: dict[str, dict[str, object]] = {
         "by_size/2000/seismic/result/k=10/5/recall@10": UNIT, "by_size/2000/seismic/result/k=10/5/heap_factor": 0.3,
         "matched_recall_k10/2000/0/recall@10_at_least": 0.9, "matched_recall_k10/2000/4/recall@10_at_least": 0.99,
         "by_size/2000/companion/result/prune_docs": 128, "by_size/2000/companion/result/companion_mb": TIME,
+        "by_size/2000/companion@128i60/result/min_impact": 60,
+        "by_size/2000/two_step@128i60/result/settings/0/recall@10": UNIT,
         "by_size/2000/two_step/result/queries": 7, "by_size/2000/two_step/result/settings/0/recall@10": UNIT,
         "by_size/2000/two_step/result/settings/0/latency_1_thread/p50_ms": TIME,
     },

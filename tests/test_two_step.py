@@ -13,7 +13,7 @@ import pytest
 from pipeline import cli, encoders, stages
 from pipeline.demo import DEMO_DATA, collection_vectors
 from pipeline.errors import ConsistencyError, InputError, PipelineError
-from pipeline.first_stage import build_companion, companion_folder, pruned_maxima
+from pipeline.first_stage import build_companion, companion_folder, kept_postings, pruned_maxima
 from pipeline.forward import ForwardStore, ForwardWriter, top_terms
 from pipeline.readers import read_topics
 from pipeline.search import ImpactSearcher, encode_queries
@@ -470,3 +470,74 @@ def test_removing_the_query_s_own_document_matches_exhaustive_search(built, quer
     assert all(info["self_hit_removed"] for info in per_query.values())
     assert all(qid not in [docid for docid, _ in hits] for qid, hits in ranked.items())
     assert all(qid in [docid for docid, _ in hits] for qid, hits in kept.items())
+
+
+@pytest.fixture(scope="module")
+def by_impact(built, tmp_path_factory):
+    """The demo collection indexed with a companion pruned by impact too: at most 16 postings per
+    document, none under the second-smallest of the documents' largest impacts (so the document with
+    the smallest largest impact keeps nothing)."""
+    collection = built[0]
+    docs = collection_vectors(collection)
+    floor = sorted(max(doc["vector"].values()) for doc in docs.values())[1]
+    index = tmp_path_factory.mktemp("by-impact") / "index"
+    stages.index(collection, index, threads=2, prune_docs=16, prune_impact=floor, say=QUIET["say"])
+    return index, floor, docs
+
+
+def test_pruning_by_impact_keeps_the_rule_and_bounds_what_it_drops(by_impact):
+    index, floor, docs = by_impact
+    record = json.loads((companion_folder(index) / "two-step.json").read_text())
+    assert record["pruning"] == {"rule": "top postings per document by impact, ties by term, then those of at "
+                                         "least min_impact", "postings_per_doc": 16, "min_impact": floor}
+    kept = {docid: kept_postings(top_terms(doc["vector"], None), 16, floor) for docid, doc in docs.items()}
+    emptied = sum(1 for postings in kept.values() if not postings)
+    assert emptied >= 1 and record["pruned_to_nothing"] == emptied
+    assert record["indexed"] == DOCS - emptied
+    assert record["postings"]["first_stage"] == sum(map(len, kept.values()))
+    assert all(impact >= floor for postings in kept.values() for _, impact in postings)
+    store = ForwardStore(companion_folder(index) / "forward")
+    dropped: dict[str, int] = {}
+    for docid, doc in docs.items():
+        for term, impact in doc["vector"].items():
+            if (term, impact) not in kept[docid]:
+                dropped[term] = max(dropped.get(term, 0), impact)
+    maxima = pruned_maxima(store, 16, floor)
+    assert {store.words[t]: int(m) for t, m in enumerate(maxima) if m} == dropped
+
+
+def test_search_on_an_impact_pruned_first_stage_is_exact_where_it_finds_and_says_where_it_could_miss(
+        by_impact, queries, exhaustive):
+    index, floor, docs = by_impact
+    searcher = TwoStepSearcher(index)
+    try:
+        ranked, _, per_query = searcher.search(queries, 10, options=TwoStepOptions(20, None))
+    finally:
+        searcher.close()
+    never = {docid for docid, doc in docs.items() if max(doc["vector"].values()) < floor}
+    for qid, hits in ranked.items():
+        full = dict(exhaustive[qid])
+        assert all(score == full[docid] for docid, score in hits)
+        assert not never & {docid for docid, _ in hits}  # pruned to nothing: not in the first stage
+        if hits != exhaustive[qid][:10]:
+            assert per_query[qid]["could_miss"]
+    assert sum(map(len, ranked.values())) >= 10
+    assert any(hits != exhaustive[qid][:10] for qid, hits in ranked.items())  # this floor does miss some
+
+
+def test_another_impact_floor_needs_overwrite_and_the_cli_checks_the_option(by_impact, built, tmp_path, capsys):
+    index, floor, _ = by_impact
+    with pytest.raises(ConsistencyError, match=f"--prune-docs 16 --prune-impact {floor}; use --overwrite to "
+                                               f"rebuild it with --prune-docs 16 --prune-impact {floor + 1}"):
+        build_companion(built[0], index, 16, min_impact=floor + 1)
+    code = cli.main(["index", "--collection", str(built[0]), "--index", str(tmp_path / "i"), "--prune-impact", "5",
+                     "--quiet"])
+    assert code == 2 and "--prune-impact needs --prune-docs" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["index", "--collection", str(built[0]), "--index", str(tmp_path / "i"), "--prune-docs", "8",
+                  "--prune-impact", "-1"])
+    assert exit_info.value.code == 2
+    with pytest.raises(PipelineError, match="--prune-impact needs --two-step"):
+        from pipeline.experiment import run_dataset
+        run_dataset(DEMO_DATA, name="demo", root=tmp_path, prune_impact=10, progress=False, say=lambda text: None)
