@@ -3,7 +3,7 @@
 
 For each dataset: the splade-tiny collection (encoded here, or an existing encode-stage collection
 given with ``--collections DIR``, which holds ``DIR/<dataset>``), the full impact index, its
-two-step companion for each ``--prune-docs`` value, then every judged query searched exhaustively
+two-step companion for each ``--prune-docs`` value (and ``--prune-impact`` floor), then every judged query searched exhaustively
 and two-step over a grid of first-stage query terms and candidate depths. Figures per setting:
 nDCG@10, R@100 and R@1000 (trec_eval semantics, as the evaluate stage), recall@10 and recall@1000
 against the exhaustive top 10 / top 1000 of the same queries, candidates rescored, and the share
@@ -128,9 +128,10 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
     reference = figures(exhaustive, qrels, names, level)
     log(f"{name}: exhaustive {reference}")
     rows = []
-    for prune_docs in prune_grid:
+    for prune_docs, floor in prune_grid:
+        rule = {"prune_docs": prune_docs, **({"min_impact": floor} if floor else {})}
         start = time.perf_counter()
-        record, _ = build_companion(collection, index, prune_docs, threads, overwrite=True)
+        record, _ = build_companion(collection, index, prune_docs, threads, overwrite=True, min_impact=floor)
         build_seconds = time.perf_counter() - start
         sizes = companion_bytes(index)
         two_step = TwoStepSearcher(index)
@@ -140,7 +141,7 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
                     options = TwoStepOptions(candidates, query_terms)
                     run, counters, _ = two_step.search(queries, hits, threads, dropping, options)
                     got = figures(run, qrels, names if hits == 1000 else ("nDCG@10",), level)
-                    row = {"prune_docs": prune_docs, "query_terms": query_terms, "hits": hits,
+                    row = {**rule, "query_terms": query_terms, "hits": hits,
                            "candidates": candidates, **got,
                            **{f"delta_{m}": round(got[m] - reference[m], 4) for m in got},
                            f"recall@{hits}_vs_exhaustive": overlap(run, exhaustive, hits),
@@ -150,7 +151,7 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
                     log(f"{name}: {row}")
         finally:
             two_step.close()
-        rows.append({"prune_docs": prune_docs, "companion": True, "build_seconds_busy_machine": round(build_seconds, 1),
+        rows.append({**rule, "companion": True, "build_seconds_busy_machine": round(build_seconds, 1),
                      "first_stage_postings": record["postings"]["first_stage"],
                      "full_postings": record["postings"]["full"], **sizes})
     return {"documents": record["documents"], "queries": len(queries), "relevance_level": level,
@@ -164,6 +165,9 @@ def main() -> int:
     parser.add_argument("--collections", type=Path, default=None,
                         help="folder of existing splade-tiny collections named after the sets (dl-pool for DL)")
     parser.add_argument("--prune-docs", type=int, nargs="+", default=None)
+    parser.add_argument("--prune-impact", type=int, nargs="+", default=None, metavar="T",
+                        help="impact floors of the first stage (index --prune-impact), each with each --prune-docs "
+                             "value; 0: none (the default)")
     parser.add_argument("--query-terms", type=int, nargs="+", default=None, help="0 means all terms")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes here (default: temporary)")
@@ -175,7 +179,8 @@ def main() -> int:
         return merge(args.merge, args)
     names = args.datasets or (["demo"] if args.smoke else
                               [n for n in SETS if n != "demo" and SETS[n][0].is_file()])
-    prune_grid = tuple(args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS))
+    prune_grid = tuple((n, floor) for n in args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS)
+                       for floor in args.prune_impact or [0])
     query_grid = tuple((q or None) for q in args.query_terms) if args.query_terms else \
         ((5, None) if args.smoke else QUERY_TERMS)
     depths = ((10, 10), (10, 20), (40, 40)) if args.smoke else DEPTHS
@@ -185,7 +190,8 @@ def main() -> int:
         work = args.workdir or Path(scratch)
         for name in names:
             results[name] = run_set(name, args.collections, work, args.threads, prune_grid, query_grid, depths, log)
-    common.write_result("two_step", {"results": results, "prune_docs": list(prune_grid),
+    common.write_result("two_step", {"results": results, "prune_docs": sorted({n for n, _ in prune_grid}),
+                                     "prune_impact": sorted({floor for _, floor in prune_grid}),
                                      "query_terms": list(query_grid), "depths": [list(d) for d in depths],
                                      "note": "quality only; no timings (bench/scale.py)"}, args, args.threads)
     return 0
@@ -199,7 +205,8 @@ def merge(paths: list[Path], args) -> int:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     results = {name: result for part in parts for name, result in part["results"].items()}
     runs = [{"sets": list(part["results"]), "command": part["command"], "machine": part["machine"],
-             "prune_docs": part["prune_docs"], "query_terms": part["query_terms"], "depths": part["depths"]}
+             "prune_docs": part["prune_docs"], "prune_impact": part.get("prune_impact", [0]),
+             "query_terms": part["query_terms"], "depths": part["depths"]}
             for part in parts]
     common.write_result("two_step", {"results": results, "parts": runs, "note": parts[0]["note"]}, args)
     return 0
