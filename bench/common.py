@@ -41,6 +41,14 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def floor(text: str) -> int:
+    """An impact floor on a bench's command line (``--prune-impact``): checked as the index command
+    checks it, so a bad value stops the bench before any stage runs."""
+    from pipeline.cli import integer
+
+    return integer(0)(text)
+
+
 def quiet_peers() -> None:
     """Let ``import pyserini.encode`` work without an OpenAI key.
 

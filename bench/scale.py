@@ -800,7 +800,7 @@ def main() -> int:
     parser.add_argument("--prune-docs", type=int, nargs="+", default=None,
                         help="two-step: postings kept per document in the first stage, one companion after "
                              "another (default: the index stage's default)")
-    parser.add_argument("--prune-impact", type=int, nargs="+", default=None, metavar="T",
+    parser.add_argument("--prune-impact", type=common.floor, nargs="+", default=None, metavar="T",
                         help="two-step: impact floors of the first stage (index --prune-impact; 0: none), each "
                              "with each --prune-docs value (default: 0)")
     parser.add_argument("--two-step-settings", nargs="+", default=None, metavar="Q:K:CANDIDATES",
@@ -1063,7 +1063,8 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     record = index / "splade-pipeline.json"
     if not record.is_file():  # --cached-only without the index
         return {}
-    grid = [(n, floor) for n in args.prune_docs or [DEFAULT_PRUNE_DOCS] for floor in args.prune_impact or [0]]
+    grid = list(dict.fromkeys((n, floor) for n in args.prune_docs or [DEFAULT_PRUNE_DOCS]
+                              for floor in args.prune_impact or [0]))
     main_prune = (DEFAULT_PRUNE_DOCS, 0) if (DEFAULT_PRUNE_DOCS, 0) in grid else grid[0]
     settings = two_step_settings(args, smoke)
     defaults = {k: [DEFAULT_QUERY_TERMS, k, TwoStepOptions().depth(k)] for k in (10, 1000)}

@@ -165,7 +165,7 @@ def main() -> int:
     parser.add_argument("--collections", type=Path, default=None,
                         help="folder of existing splade-tiny collections named after the sets (dl-pool for DL)")
     parser.add_argument("--prune-docs", type=int, nargs="+", default=None)
-    parser.add_argument("--prune-impact", type=int, nargs="+", default=None, metavar="T",
+    parser.add_argument("--prune-impact", type=common.floor, nargs="+", default=None, metavar="T",
                         help="impact floors of the first stage (index --prune-impact), each with each --prune-docs "
                              "value; 0: none (the default)")
     parser.add_argument("--query-terms", type=int, nargs="+", default=None, help="0 means all terms")
@@ -179,8 +179,8 @@ def main() -> int:
         return merge(args.merge, args)
     names = args.datasets or (["demo"] if args.smoke else
                               [n for n in SETS if n != "demo" and SETS[n][0].is_file()])
-    prune_grid = tuple((n, floor) for n in args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS)
-                       for floor in args.prune_impact or [0])
+    prune_grid = tuple(dict.fromkeys((n, floor) for n in args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS)
+                                     for floor in args.prune_impact or [0]))
     query_grid = tuple((q or None) for q in args.query_terms) if args.query_terms else \
         ((5, None) if args.smoke else QUERY_TERMS)
     depths = ((10, 10), (10, 20), (40, 40)) if args.smoke else DEPTHS
@@ -190,8 +190,8 @@ def main() -> int:
         work = args.workdir or Path(scratch)
         for name in names:
             results[name] = run_set(name, args.collections, work, args.threads, prune_grid, query_grid, depths, log)
-    common.write_result("two_step", {"results": results, "prune_docs": sorted({n for n, _ in prune_grid}),
-                                     "prune_impact": sorted({floor for _, floor in prune_grid}),
+    common.write_result("two_step", {"results": results, "prune_docs": list(dict.fromkeys(n for n, _ in prune_grid)),
+                                     "prune_impact": list(dict.fromkeys(floor for _, floor in prune_grid)),
                                      "query_terms": list(query_grid), "depths": [list(d) for d in depths],
                                      "note": "quality only; no timings (bench/scale.py)"}, args, args.threads)
     return 0

@@ -241,6 +241,9 @@ def _build(collection: Path, index: Path, temp: Path, prune_docs: int, min_impac
         store = writer.finish()
     except DuplicateId as duplicate:
         raise duplicate_error(sources, duplicate.docid) from None
+    if min_impact and store["documents"] and emptied == store["documents"]:
+        raise PipelineError(f"--prune-impact {min_impact} leaves no posting in the first stage: the largest impact "
+                            f"in {collection} is {store['largest_impact']}")
     if store["documents"] != full["documents"]:
         raise ConsistencyError(f"{collection} holds {store['documents']} documents with postings, but {index} "
                                f"holds {full['documents']}: the collection changed since the index was built; "

@@ -80,9 +80,11 @@ def require_full_index(index: Path) -> Path:
     index = require_index(index)
     record = load_record(index)
     if record is not None and PRUNING in record:
-        raise ConsistencyError(f"{index} is a pruned first-stage index ({record[PRUNING]['postings_per_doc']} "
-                               "postings per document); its scores are not the full dot products: search the "
-                               "index it belongs to, with --two-step")
+        rule = record[PRUNING]
+        floor = f", none under impact {rule['min_impact']}" if rule.get("min_impact") else ""
+        raise ConsistencyError(f"{index} is a pruned first-stage index ({rule['postings_per_doc']} postings per "
+                               f"document{floor}); its scores are not the full dot products: search the index it "
+                               "belongs to, with --two-step")
     return index
 
 

@@ -541,3 +541,56 @@ def test_another_impact_floor_needs_overwrite_and_the_cli_checks_the_option(by_i
     with pytest.raises(PipelineError, match="--prune-impact needs --two-step"):
         from pipeline.experiment import run_dataset
         run_dataset(DEMO_DATA, name="demo", root=tmp_path, prune_impact=10, progress=False, say=lambda text: None)
+
+
+def test_a_companion_without_a_floor_keeps_the_record_earlier_versions_wrote(built):
+    """Floor 0 is no floor: the rule recorded is the one companions built before impact pruning
+    carry, so asking for the same pruning again finds them built (no rebuild, no --overwrite)."""
+    record = json.loads((companion_folder(built[1]) / "two-step.json").read_text())
+    assert record["pruning"] == {"rule": "top postings per document by impact, ties by term", "postings_per_doc": 16}
+    again, rebuilt = build_companion(built[0], built[1], 16, min_impact=0)
+    assert not rebuilt and again == record
+
+
+def test_pruned_maxima_with_a_floor_agree_with_the_rule_across_chunks(tmp_path):
+    """Random rows (ties, rows shorter than N, rows all under the floor) read in chunks of 7: the
+    largest dropped impact per term equals a brute force over ``kept_postings``."""
+    rng = np.random.default_rng(5)
+    writer = ForwardWriter(tmp_path / "forward")
+    rows = []
+    for doc in range(60):
+        vector = {f"t{t}": int(rng.integers(1, 12)) for t in rng.choice(40, int(rng.integers(1, 15)), replace=False)}
+        rows.append(top_terms(vector, None))
+        writer.add(f"d{doc}", rows[-1])
+    writer.finish()
+    store = ForwardStore(tmp_path / "forward")
+    for prune_docs, floor in ((3, 0), (3, 6), (8, 9), (20, 11)):
+        dropped: dict[str, int] = {}
+        for postings in rows:
+            kept = kept_postings(postings, prune_docs, floor)
+            for term, impact in postings:
+                if (term, impact) not in kept:
+                    dropped[term] = max(dropped.get(term, 0), impact)
+        maxima = pruned_maxima(store, prune_docs, floor, chunk=7)
+        assert {store.words[t]: int(m) for t, m in enumerate(maxima) if m} == dropped
+
+
+def test_a_floor_above_every_impact_is_refused_by_name(built, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(built[1], index)
+    before = (companion_folder(index) / "two-step.json").read_bytes()
+    with pytest.raises(PipelineError, match="--prune-impact 100000 leaves no posting in the first stage"):
+        build_companion(built[0], index, 16, overwrite=True, min_impact=100_000)
+    assert (companion_folder(index) / "two-step.json").read_bytes() == before  # the companion it had stays
+
+
+def test_run_refuses_prune_impact_without_two_step(tmp_path, capsys):
+    code = cli.main(["run", "--dataset", str(DEMO_DATA), "--root", str(tmp_path), "--prune-impact", "10", "--quiet"])
+    assert code == 2 and "--prune-impact needs --two-step" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_impact_pruned_first_stage_refuses_exhaustive_search_naming_its_rule(by_impact):
+    index, floor, _ = by_impact
+    with pytest.raises(ConsistencyError, match=f"16 postings per document, none under impact {floor}"):
+        ImpactSearcher(companion_folder(index) / "first-stage")
