@@ -497,13 +497,23 @@ def test_pruning_by_impact_keeps_the_rule_and_bounds_what_it_drops(by_impact):
     assert record["postings"]["first_stage"] == sum(map(len, kept.values()))
     assert all(impact >= floor for postings in kept.values() for _, impact in postings)
     store = ForwardStore(companion_folder(index) / "forward")
+    rows = [top_terms(doc["vector"], None) for doc in docs.values()]
+    assert nonzero_by_term(store, pruned_maxima(store, 16, floor)) == largest_dropped(rows, 16, floor)
+
+
+def largest_dropped(rows: list[list[tuple[str, int]]], prune_docs: int, floor: int) -> dict[str, int]:
+    """Brute force over ``kept_postings``: per term, the largest impact a row leaves out of the first stage."""
     dropped: dict[str, int] = {}
-    for docid, doc in docs.items():
-        for term, impact in doc["vector"].items():
-            if (term, impact) not in kept[docid]:
+    for postings in rows:
+        kept = kept_postings(postings, prune_docs, floor)
+        for term, impact in postings:
+            if (term, impact) not in kept:
                 dropped[term] = max(dropped.get(term, 0), impact)
-    maxima = pruned_maxima(store, 16, floor)
-    assert {store.words[t]: int(m) for t, m in enumerate(maxima) if m} == dropped
+    return dropped
+
+
+def nonzero_by_term(store: ForwardStore, maxima: np.ndarray) -> dict[str, int]:
+    return {store.words[t]: int(m) for t, m in enumerate(maxima) if m}
 
 
 def test_search_on_an_impact_pruned_first_stage_is_exact_where_it_finds_and_says_where_it_could_miss(
@@ -565,14 +575,8 @@ def test_pruned_maxima_with_a_floor_agree_with_the_rule_across_chunks(tmp_path):
     writer.finish()
     store = ForwardStore(tmp_path / "forward")
     for prune_docs, floor in ((3, 0), (3, 6), (8, 9), (20, 11)):
-        dropped: dict[str, int] = {}
-        for postings in rows:
-            kept = kept_postings(postings, prune_docs, floor)
-            for term, impact in postings:
-                if (term, impact) not in kept:
-                    dropped[term] = max(dropped.get(term, 0), impact)
         maxima = pruned_maxima(store, prune_docs, floor, chunk=7)
-        assert {store.words[t]: int(m) for t, m in enumerate(maxima) if m} == dropped
+        assert nonzero_by_term(store, maxima) == largest_dropped(rows, prune_docs, floor)
 
 
 def test_a_floor_above_every_impact_is_refused_by_name(built, tmp_path):

@@ -86,7 +86,8 @@ def splade_loss(model, ranking: str, regulariser: str, lambda_q: float, lambda_d
     else:
         raise ValueError(f"loss must be one of {RANKING_LOSSES}, got {ranking!r}")
     return ColumnwiseSpladeLoss(model, base, document_regularizer_weight=lambda_d, query_regularizer_weight=lambda_q,
-                      document_regularizer=Regulariser(regulariser), query_regularizer=Regulariser(regulariser))
+                                document_regularizer=Regulariser(regulariser),
+                                query_regularizer=Regulariser(regulariser))
 
 
 class RegulariserWarmup(SpladeRegularizerWeightSchedulerCallback):
