@@ -410,8 +410,9 @@ def stage_companion(collection: str, index: str, prune_docs: int, threads: int, 
 def stage_two_step(index: str, queries: str, settings: list[list], threads: list[int], warmup: int,
                    companion_record: str) -> dict[str, Any]:
     """Two-step search (pipeline.two_step.TwoStepSearcher) per setting [query terms, k, candidates]:
-    latency one query at a time, QPS with 1 and 2 threads, recall@k against the exhaustive top k of
-    the full index (computed first, untimed), candidates rescored and queries the bound flags."""
+    latency one query at a time (and that of the first stage alone), QPS with 1 and 2 threads, recall@k
+    against the exhaustive top k of the full index (computed first, untimed), candidates rescored and
+    queries the bound flags."""
     from pipeline.search import ImpactSearcher
     from pipeline.two_step import TwoStepOptions, TwoStepSearcher
 
@@ -440,7 +441,8 @@ def stage_two_step(index: str, queries: str, settings: list[list], threads: list
             row: dict[str, Any] = {"query_terms": query_terms, "k": k, "candidates": candidates,
                                    "latency_1_thread": latency(times), **recall_at(found, exact[k], k, slack=0),
                                    "candidates_mean": round(float(np.mean(counts)), 1),
-                                   "could_miss_share": round(missable / max(len(qs), 1), 4)}
+                                   "could_miss_share": round(missable / max(len(qs), 1), 4),
+                                   "first_stage_latency_1_thread": first_stage_latency(searcher, qs, options, k)}
             for t in threads:
                 start = time.perf_counter()
                 searcher.search(qs, k, threads=t, options=options)
@@ -449,6 +451,20 @@ def stage_two_step(index: str, queries: str, settings: list[list], threads: list
     finally:
         searcher.close()
     return out
+
+
+def first_stage_latency(searcher: Any, qs: dict[str, dict[str, int]], options: Any, k: int) -> dict[str, float]:
+    """The first stage alone, one query at a time, as two-step search makes it (the query cut to its
+    top terms, Lucene's k' best as document numbers), nothing rescored: the part of a two-step
+    query's latency that is Lucene's, to set beside a peer's whole query."""
+    from pipeline.forward import top_terms
+
+    depth, times = options.depth(k), []
+    for vector in qs.values():
+        start = time.perf_counter()
+        searcher.first.top_numbers(dict(top_terms(vector, options.query_terms)), depth)
+        times.append(time.perf_counter() - start)
+    return latency(times)
 
 
 STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile, "generate": stage_generate, "verify": stage_verify,

@@ -119,6 +119,7 @@ FIGURES: dict[str, dict[str, object]] = {
         "by_size/2000/two_step@128i60/result/settings/0/recall@10": UNIT,
         "by_size/2000/two_step/result/queries": 7, "by_size/2000/two_step/result/settings/0/recall@10": UNIT,
         "by_size/2000/two_step/result/settings/0/latency_1_thread/p50_ms": TIME,
+        "by_size/2000/two_step/result/settings/0/first_stage_latency_1_thread/p50_ms": TIME,
     },
     "two_step.smoke.json": {
         "results/demo/documents": 40, "results/demo/queries": 10, "results/demo/exhaustive/nDCG@10": UNIT,
