@@ -698,6 +698,10 @@ def figure_rows(per_size: dict[int, dict[str, Any]]) -> list[tuple[str, dict[int
         ("two-step k=1000 QPS, 2 threads", ("two_step", "result", "default_k=1000", "qps_2_threads")),
         ("two-step recall@1000", ("two_step", "result", "default_k=1000", "recall@1000")),
     ]
+    # the two-step rows are those of the entry named ``two_step``: its pruning goes in their label
+    prunings = sorted({pruning_label(per_size[n], "two_step") for n in sizes if "two_step" in per_size[n]})
+    named = f" ({'; '.join(prunings)})" if prunings else ""
+    rows = [(label + named if label.startswith("two-step") else label, path) for label, path in rows]
     out = []
     for label, path in rows:
         values = {}
