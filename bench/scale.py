@@ -997,7 +997,9 @@ def main() -> int:
                   "Lucene index, the full vectors in a memory-mapped forward store), searched through "
                   "pipeline.two_step.TwoStepSearcher one query at a time (first stage + exact rescoring, hits "
                   "converted to Python); recall@k against the full index's exhaustive top k of the same queries; "
-                  "default_k=10 / default_k=1000 are the settings search --two-step uses by default.",
+                  "default_k=10 / default_k=1000 are the settings search --two-step uses by default; "
+                  "first_stage_latency_1_thread times the first stage alone (Lucene's k' best as document "
+                  "numbers, nothing rescored), in a second pass over the queries.",
                   "Peak RSS: peak_rss_mb is ru_maxrss of the stage's largest process (wait4); peak_tree_rss_mb "
                   "sums the stage's process tree (psutil, sampled every 0.2 s)."],
     }
@@ -1024,6 +1026,7 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, k in zip(axes, (10, 1000)):
+        peers_drawn: set[str] = set()  # a collection's exhaustive and Seismic points once, whatever its prunings
         for number, ((series, label), rows) in enumerate(measured.items()):
             color = f"C{number}"
             rows = [r for r in rows if r["k"] == k]
@@ -1033,6 +1036,9 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
                 axis.annotate(f"{r['query_terms'] or 'all'}/{r['candidates']}",
                               (r[f"recall@{k}"], r["latency_1_thread"]["p50_ms"]), fontsize=6, xytext=(2, 2),
                               textcoords="offset points")
+            if label in peers_drawn:
+                continue
+            peers_drawn.add(label)
             lucene = entries[label].get("lucene", {}).get("result", {}).get(f"k={k}")
             if lucene:
                 axis.scatter([1.0], [lucene["latency_1_thread"]["p50_ms"]], color=color, marker="x", s=40,
