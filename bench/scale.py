@@ -700,8 +700,9 @@ def figure_rows(per_size: dict[int, dict[str, Any]]) -> list[tuple[str, dict[int
     ]
     # the two-step rows are those of the entry named ``two_step``: its pruning goes in their label
     prunings = sorted({pruning_label(per_size[n], "two_step") for n in sizes if "two_step" in per_size[n]})
-    named = f" ({'; '.join(prunings)})" if prunings else ""
-    rows = [(label + named if label.startswith("two-step") else label, path) for label, path in rows]
+    named = f"two-step ({'; '.join(prunings)})" if prunings else "two-step"
+    rows = [(named + label[len("two-step"):] if label.startswith("two-step") else label, path)
+            for label, path in rows]
     out = []
     for label, path in rows:
         values = {}
@@ -1012,6 +1013,9 @@ def main() -> int:
     return 0
 
 
+PEER_COLOURS = ("black", "dimgray", "darkgray")  # exhaustive Lucene and Seismic, one shade per collection
+
+
 def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
     """Latency p50 against recall@k for every two-step setting measured, one panel per k, one series
     per collection, exhaustive Lucene (recall 1) and Seismic marked where measured."""
@@ -1026,7 +1030,7 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, k in zip(axes, (10, 1000)):
-        peers_drawn: set[str] = set()  # a collection's exhaustive and Seismic points once, whatever its prunings
+        peers_drawn: list[str] = []  # a collection's exhaustive and Seismic points once, whatever its prunings
         for number, ((series, label), rows) in enumerate(measured.items()):
             color = f"C{number}"
             rows = [r for r in rows if r["k"] == k]
@@ -1038,7 +1042,8 @@ def plot_two_step(entries: dict[str, dict[str, Any]], path: Path) -> bool:
                               textcoords="offset points")
             if label in peers_drawn:
                 continue
-            peers_drawn.add(label)
+            peers_drawn.append(label)
+            color = PEER_COLOURS[(len(peers_drawn) - 1) % len(PEER_COLOURS)]  # the collection's, no series'
             lucene = entries[label].get("lucene", {}).get("result", {}).get(f"k={k}")
             if lucene:
                 axis.scatter([1.0], [lucene["latency_1_thread"]["p50_ms"]], color=color, marker="x", s=40,

@@ -45,16 +45,26 @@ def references(tmp_path_factory, cranfield, scifact_head):
                                            ("scifact", scifact_head, SCIFACT_SHARDS))]
     results: dict[Path, Future] = {corpus: Future() for corpus, _, _ in jobs}
     running: list[subprocess.Popen] = []
-    stopping = threading.Event()
+    stopping, starting = threading.Event(), threading.Lock()  # no encode starts after teardown's kill
 
     def chain() -> None:
-        for corpus, folder, command in jobs:
-            if stopping.is_set():
-                return
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            running.append(process)
-            stderr = process.communicate()[1]
-            results[corpus].set_result((folder, process.returncode, stderr[-3000:]))
+        try:
+            for corpus, folder, command in jobs:
+                with starting:
+                    if stopping.is_set():
+                        break
+                    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                               text=True, errors="replace")
+                    running.append(process)
+                stderr = process.communicate()[1]
+                results[corpus].set_result((folder, process.returncode, stderr[-3000:]))
+        except BaseException as error:  # a waiting test gets the error, not a half-hour timeout
+            for future in results.values():
+                if not future.done():
+                    future.set_exception(error)
+            raise
+        for future in results.values():  # stopped: nobody waits, but nothing stays pending
+            future.cancel()
     thread = threading.Thread(target=chain, daemon=True)
     thread.start()
 
@@ -63,10 +73,11 @@ def references(tmp_path_factory, cranfield, scifact_head):
         assert code == 0, stderr
         return folder
     yield wait
-    stopping.set()
-    for process in running:
-        if process.poll() is None:
-            process.kill()
+    with starting:
+        stopping.set()
+        for process in running:
+            if process.poll() is None:
+                process.kill()
     thread.join()
 
 
