@@ -12,15 +12,18 @@ which is git-ignored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import fcntl
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,6 +50,47 @@ def floor(text: str) -> int:
     from pipeline.cli import integer
 
     return integer(0)(text)
+
+
+def latency(seconds: list[float]) -> dict[str, float]:
+    """p50, p99 and mean in milliseconds of per-query times (numpy's linear percentile), as every
+    latency row of the benches reports them."""
+    import numpy as np
+
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    if not len(ms):
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3)}
+
+
+@contextlib.contextmanager
+def bench_lock(path: str | None, wait: float | None = None) -> Iterator[str]:
+    """Hold ``path`` (flock) while something is timed, so timed runs on a shared machine don't overlap.
+
+    With ``wait`` seconds the timing goes ahead unlocked after that long; what happened is yielded
+    and recorded with the figures.
+    """
+    if not path:
+        yield "not used"
+        return
+    with open(path, "a") as handle:
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    held = False
+                    break
+                time.sleep(1)
+        try:
+            yield "held" if held else f"not held (busy after waiting {wait:.0f} s)"
+        finally:
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def quiet_peers() -> None:

@@ -30,7 +30,6 @@ bench/results/work/scale/ and are reused: a rerun redoes only what is missing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,16 +61,6 @@ BMP_MAX = 255  # BMP stores 8-bit impacts
 
 
 # -- small helpers ------------------------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def latency(seconds: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in seconds]
-    return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
-            "mean_ms": round(float(np.mean(ms)), 3) if ms else float("nan")}
-
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
@@ -270,7 +259,7 @@ def stage_queries(topics: list[list[str]], output: str | None, repeat_single: in
     return {"queries": len(vectors), "by_set": {name: min(int(limit), len(read_topics(Path(path))))
                                                  for name, path, limit in topics},
             "terms_per_query": {"mean": round(float(np.mean(terms)), 1), "max": int(max(terms))},
-            "encode_one_at_a_time": {**latency(single), "queries": len(single), "threads": encoder.torch.get_num_threads()},
+            "encode_one_at_a_time": {**common.latency(single), "queries": len(single), "threads": encoder.torch.get_num_threads()},
             "encode_batched": {"batch_size": 32, "queries_per_second": round(len(vectors) / batch_seconds, 1)}}
 
 
@@ -292,7 +281,7 @@ def stage_lucene(index: str, queries: str, ks: list[int], threads: list[int], ex
                 hits = searcher.search({qid: vector}, k, threads=1)[0][qid]
                 times.append(time.perf_counter() - start)
                 top[qid] = hits[:10]
-            figures: dict[str, Any] = {"latency_1_thread": latency(times)}
+            figures: dict[str, Any] = {"latency_1_thread": common.latency(times)}
             if k == 10:
                 write_json_atomic(Path(exact), top)
             for t in threads:
@@ -331,7 +320,7 @@ def stage_seismic(jsonl: str, queries: str, exact: str, threads: list[int], sett
             hits = index.search(qid, c, v, k=10, **setting)
             times.append(time.perf_counter() - begin)
             found[qid] = [(docid, score) for _, score, docid in hits]
-        row: dict[str, Any] = {**setting, "latency_1_thread": latency(times), **recall_at(found, reference)}
+        row: dict[str, Any] = {**setting, "latency_1_thread": common.latency(times), **recall_at(found, reference)}
         for t in threads:
             begin = time.perf_counter()
             index.batch_search(ids, comps, vals, k=10, num_threads=t, **setting)
@@ -381,7 +370,7 @@ def stage_bmp(files: list[str], index: str, queries: str, exact: str, max_impact
             found[qid] = list(zip(docids, scores))
         recall = recall_at(found, reference)
         recall.pop("recall@10_ties")  # BMP's scores are on its requantised scale: no score threshold applies
-        row = {**setting, "latency_1_thread": latency(times), **recall, "qps_1_thread": round(len(qs) / sum(times), 1)}
+        row = {**setting, "latency_1_thread": common.latency(times), **recall, "qps_1_thread": round(len(qs) / sum(times), 1)}
         runs.append(row)
     out["k=10"] = runs
     return out
@@ -439,7 +428,7 @@ def stage_two_step(index: str, queries: str, settings: list[list], threads: list
                 missable += per_query[qid]["could_miss"]
                 counts.append(per_query[qid]["candidates"])
             row: dict[str, Any] = {"query_terms": query_terms, "k": k, "candidates": candidates,
-                                   "latency_1_thread": latency(times), **recall_at(found, exact[k], k, slack=0),
+                                   "latency_1_thread": common.latency(times), **recall_at(found, exact[k], k, slack=0),
                                    "candidates_mean": round(float(np.mean(counts)), 1),
                                    "could_miss_share": round(missable / max(len(qs), 1), 4),
                                    "first_stage_latency_1_thread": first_stage_latency(searcher, qs, options, k)}
@@ -464,7 +453,7 @@ def first_stage_latency(searcher: Any, qs: dict[str, dict[str, int]], options: A
         start = time.perf_counter()
         searcher.first.top_numbers(dict(top_terms(vector, options.query_terms)), depth)
         times.append(time.perf_counter() - start)
-    return latency(times)
+    return common.latency(times)
 
 
 STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile, "generate": stage_generate, "verify": stage_verify,
@@ -473,35 +462,6 @@ STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile
 
 
 # -- running a stage in its own process and measuring it ------------------------------------------
-
-@contextlib.contextmanager
-def bench_lock(path: str | None, wait: float | None) -> Iterator[str]:
-    """Hold ``path`` (flock) while a timed stage runs, so timed runs on a shared machine don't overlap.
-
-    With ``wait`` seconds the stage goes ahead unlocked after that long; what happened is yielded
-    and recorded with the stage's figures.
-    """
-    if not path:
-        yield "not used"
-        return
-    with open(path, "a") as handle:
-        deadline = None if wait is None else time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    held = False
-                    break
-                time.sleep(1)
-        try:
-            yield "held" if held else f"not held (busy after waiting {wait:.0f} s)"
-        finally:
-            if held:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 def sample_tree_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
     """Largest summed RSS of a process and its descendants (psutil, every 0.2 s)."""
@@ -560,7 +520,7 @@ def run_stage(work: Path, name: str, label: str, args: dict[str, Any], lock: str
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(HERE), "--stage", name, "--stage-args", json.dumps(args), "--stage-out", str(out)]
     print(f"[scale] {label} ...", file=sys.stderr, flush=True)
-    with bench_lock(lock if timed else None, LOCK_WAIT[0]) as lock_state:
+    with common.bench_lock(lock if timed else None, LOCK_WAIT[0]) as lock_state:
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
         child = subprocess.Popen(command, cwd=str(common.ROOT))

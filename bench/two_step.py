@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Two-step search against exhaustive search, in the same run, on real data: quality only.
+"""Two-step search against exhaustive search, in the same run, on real data: quality, and with
+``--latency`` speed.
 
 For each dataset: the splade-tiny collection (encoded here, or an existing encode-stage collection
 given with ``--collections DIR``, which holds ``DIR/<dataset>``), the full impact index, its
@@ -7,8 +8,11 @@ two-step companion for each ``--prune-docs`` value (and ``--prune-impact`` floor
 and two-step over a grid of first-stage query terms and candidate depths. Figures per setting:
 nDCG@10, R@100 and R@1000 (trec_eval semantics, as the evaluate stage), recall@10 and recall@1000
 against the exhaustive top 10 / top 1000 of the same queries, candidates rescored, and the share
-of queries whose bound says a document could have been missed. Timings are NOT taken here
-(bench/scale.py measures latency); this bench may run on a busy machine.
+of queries whose bound says a document could have been missed. Without ``--latency`` no timings
+are taken and the bench may run on a busy machine. With it, each set's exhaustive search (k=10 and
+k=1000) and every two-step setting are also timed one query at a time on one thread, after the
+untimed pass that the figures above come from, each timing loop holding ``--lock`` (run it with
+nothing else on the machine): the real-vector counterpart of bench/scale.py's synthetic collections.
 
 Sets: SciFact, CACM, Cranfield, ArguAna (BEIR folders under ../shared/datasets), and the TREC
 DL19 / DL20 pools (the 30,005 passages of msmarco-passage-dl-pool with the official topics and
@@ -16,6 +20,7 @@ qrels; nDCG@10 with graded gains, R@100 at level 2; R@1000 is not judged there).
 the query id follow the ``run`` command's ``auto`` rule.
 
     python bench/two_step.py [--datasets scifact cacm cranfield arguana dl19 dl20] [--collections /work/cache/collections]
+    python bench/two_step.py --latency --lock /tmp/bench.lock --prune-docs 128 --query-terms 10 20
     python bench/two_step.py --smoke        # the embedded demo set, seconds
 
 Writes bench/results/two_step.json.
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import common
 
@@ -89,6 +95,19 @@ def overlap(run, reference, k: int) -> float:
     return round(sum(shares) / len(shares), 4) if shares else 1.0
 
 
+def timed(search_one: Callable[[dict[str, dict[str, int]]], object], queries: dict[str, dict[str, int]],
+          lock: str | None) -> dict[str, Any]:
+    """Latency of ``search_one`` over the queries one at a time (the caller's thread), holding the
+    bench lock for the loop."""
+    with common.bench_lock(lock) as state:
+        times = []
+        for qid, vector in queries.items():
+            start = time.perf_counter()
+            search_one({qid: vector})
+            times.append(time.perf_counter() - start)
+    return {**common.latency(times), "bench_lock": state}
+
+
 def collection_for(name: str, corpus: Path, cached: Path | None, work: Path, threads: int, log) -> Path:
     """An existing encode-stage collection of this corpus (checked), else one encoded here."""
     folder_name = COLLECTION_OF.get(name, name)
@@ -109,7 +128,8 @@ def collection_for(name: str, corpus: Path, cached: Path | None, work: Path, thr
     return folder
 
 
-def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid, query_grid, depths, log) -> dict:
+def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid, query_grid, depths, log,
+            latency: bool = False, lock: str | None = None) -> dict:
     corpus, topics_path, qrels_path, names = SETS[name]
     level = level_of(qrels_path)
     collection = collection_for(name, corpus, cached, work, threads, log)
@@ -121,12 +141,16 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
     encoder = encoders.load_queries(encoders.query_spec(index_record(index)), threads, None, index)
     queries = encode_queries(encoder, topics, 32, progress=False)  # as the search stage encodes them
     searcher = ImpactSearcher(index)
+    speed: dict[str, Any] = {}
     try:
         exhaustive, _ = searcher.search(queries, 1000, threads, dropping)
+        if latency:
+            for k in (10, 1000):
+                speed[f"k={k}"] = timed(lambda one: searcher.search(one, k, 1, dropping), queries, lock)
     finally:
         searcher.close()
     reference = figures(exhaustive, qrels, names, level)
-    log(f"{name}: exhaustive {reference}")
+    log(f"{name}: exhaustive {reference}" + (f", latency {speed}" if speed else ""))
     rows = []
     for prune_docs, floor in prune_grid:
         rule = {"prune_docs": prune_docs, **({"min_impact": floor} if floor else {})}
@@ -147,6 +171,9 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
                            f"recall@{hits}_vs_exhaustive": overlap(run, exhaustive, hits),
                            "candidates_mean": counters["candidates_mean"],
                            "could_miss_share": round(counters["could_miss"] / max(len(queries), 1), 4)}
+                    if latency:
+                        row["latency_1_thread"] = timed(
+                            lambda one: two_step.search(one, hits, 1, dropping, options), queries, lock)
                     rows.append(row)
                     log(f"{name}: {row}")
         finally:
@@ -155,7 +182,7 @@ def run_set(name: str, cached: Path | None, work: Path, threads: int, prune_grid
                      "first_stage_postings": record["postings"]["first_stage"],
                      "full_postings": record["postings"]["full"], **sizes})
     return {"documents": record["documents"], "queries": len(queries), "relevance_level": level,
-            "exhaustive": reference, "rows": rows}
+            "exhaustive": reference, **({"exhaustive_latency_1_thread": speed} if speed else {}), "rows": rows}
 
 
 def main() -> int:
@@ -171,6 +198,9 @@ def main() -> int:
     parser.add_argument("--query-terms", type=int, nargs="+", default=None, help="0 means all terms")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--workdir", type=Path, default=None, help="keep indexes here (default: temporary)")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time exhaustive search and every two-step setting, one query at a time")
+    parser.add_argument("--lock", default=None, help="flock this file around each timing loop (e.g. /tmp/bench.lock)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="only merge earlier result files (sets run one by one) into one two_step.json; "
                              "each part keeps its own command and machine record")
@@ -189,11 +219,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-two-step-") as scratch:
         work = args.workdir or Path(scratch)
         for name in names:
-            results[name] = run_set(name, args.collections, work, args.threads, prune_grid, query_grid, depths, log)
+            results[name] = run_set(name, args.collections, work, args.threads, prune_grid, query_grid, depths, log,
+                                    args.latency, args.lock)
+    note = ("latency_1_thread: one query at a time, one thread, after the untimed pass the quality figures come "
+            "from; each timing loop holds the bench lock where it says so" if args.latency else
+            "quality only; no timings (bench/scale.py, or this script with --latency)")
     common.write_result("two_step", {"results": results, "prune_docs": list(dict.fromkeys(n for n, _ in prune_grid)),
                                      "prune_impact": list(dict.fromkeys(floor for _, floor in prune_grid)),
                                      "query_terms": list(query_grid), "depths": [list(d) for d in depths],
-                                     "note": "quality only; no timings (bench/scale.py)"}, args, args.threads)
+                                     "note": note}, args, args.threads)
     return 0
 
 

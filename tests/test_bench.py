@@ -40,7 +40,7 @@ SMOKE: dict[str, list[str]] = {
     "serve.py": [],
     "scale.py": ["--prune-impact", "0", "60"],
     "train.py": ["--seeds", "14"],
-    "two_step.py": [],
+    "two_step.py": ["--latency"],
 }
 LONGEST_FIRST = ["scale.py", "serve.py", "train.py", "ray_encode.py", "official.py"]  # a balanced tail
 
@@ -126,6 +126,9 @@ FIGURES: dict[str, dict[str, object]] = {
         "results/demo/rows/0/nDCG@10": UNIT, "results/demo/rows/0/delta_nDCG@10": SIGNED,
         "results/demo/rows/0/recall@10_vs_exhaustive": UNIT, "results/demo/rows/0/could_miss_share": UNIT,
         "results/demo/rows/0/candidates_mean": Between(0, 10),  # at most the row's k' (10)
+        "results/demo/rows/0/latency_1_thread/p50_ms": TIME, "results/demo/rows/0/latency_1_thread/bench_lock": "not used",
+        "results/demo/exhaustive_latency_1_thread/k=10/p50_ms": TIME,
+        "results/demo/exhaustive_latency_1_thread/k=1000/p99_ms": TIME,
     },
     "ray_encode.smoke.json": {
         "model": "splade-tiny", "shard_size": 10, "ray_workers": 2, "collections_identical": True,
