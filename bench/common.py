@@ -53,8 +53,8 @@ def floor(text: str) -> int:
 
 
 def latency(seconds: list[float]) -> dict[str, float]:
-    """p50, p99 and mean in milliseconds of per-query times (numpy's linear percentile), as every
-    latency row of the benches reports them."""
+    """p50, p99 and mean in milliseconds of per-query times (numpy's linear percentile), as the
+    latency rows of scale.py and two_step.py report them (serve.py keeps its own, by nearest rank)."""
     import numpy as np
 
     ms = np.asarray(seconds, dtype=np.float64) * 1000

@@ -35,7 +35,8 @@ from pipeline.search import FLOAT32_EXACT, Hit, ImpactSearcher, self_hit_queries
 from pipeline.trec_order import trec_eval_positions, within_cut
 from pipeline.collection import write_json
 
-# Defaults chosen from bench/results/two_step.json (splade-tiny; quality only, latency is bench/scale.py's):
+# Defaults chosen by quality from bench/results/two_step.json (splade-tiny; latency: bench/scale.py and
+# bench/two_step.py --latency):
 # with 128 postings per document (first_stage.DEFAULT_PRUNE_DOCS), 20 query terms and
 # k' = max(2 x hits, 100), nDCG@10 stays within 0.002 of exhaustive search on SciFact, CACM, Cranfield
 # and the TREC DL pools. 64 postings hold it on the DL pools (MS MARCO passages, 131 postings each)
