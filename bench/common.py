@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,6 +50,23 @@ def floor(text: str) -> int:
     from pipeline.cli import integer
 
     return integer(0)(text)
+
+
+def prune_grid(prune_docs: Iterable[int], floors: Iterable[int] | None) -> list[tuple[int, int]]:
+    """The first-stage prunings a two-step bench measures: each ``--prune-docs`` value with each
+    ``--prune-impact`` floor (0 alone when none is given), in the order given, repeats dropped."""
+    floors = list(floors or [0])
+    return list(dict.fromkeys((n, floor) for n in prune_docs for floor in floors))
+
+
+def time_each(items: Iterable[Any], call: Callable[[Any], object]) -> dict[str, float]:
+    """``latency`` of ``call(item)`` for each item in turn, on the calling thread."""
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        call(item)
+        times.append(time.perf_counter() - start)
+    return latency(times)
 
 
 def latency(seconds: list[float]) -> dict[str, float]:

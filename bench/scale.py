@@ -448,12 +448,9 @@ def first_stage_latency(searcher: Any, qs: dict[str, dict[str, int]], options: A
     query's latency that is Lucene's, to set beside a peer's whole query."""
     from pipeline.forward import top_terms
 
-    depth, times = options.depth(k), []
-    for vector in qs.values():
-        start = time.perf_counter()
-        searcher.first.top_numbers(dict(top_terms(vector, options.query_terms)), depth)
-        times.append(time.perf_counter() - start)
-    return common.latency(times)
+    depth, terms = options.depth(k), options.query_terms
+    first_stage = lambda vector: searcher.first.top_numbers(dict(top_terms(vector, terms)), depth)  # noqa: E731
+    return common.time_each(qs.values(), first_stage)
 
 
 STAGES = {"encode": stage_encode, "adopt": stage_adopt, "profile": stage_profile, "generate": stage_generate, "verify": stage_verify,
@@ -1054,8 +1051,7 @@ def two_step_stages(work: Path, label: str, collection: Path, index: Path, queri
     record = index / "splade-pipeline.json"
     if not record.is_file():  # --cached-only without the index
         return {}
-    grid = list(dict.fromkeys((n, floor) for n in args.prune_docs or [DEFAULT_PRUNE_DOCS]
-                              for floor in args.prune_impact or [0]))
+    grid = common.prune_grid(args.prune_docs or [DEFAULT_PRUNE_DOCS], args.prune_impact)
     main_prune = (DEFAULT_PRUNE_DOCS, 0) if (DEFAULT_PRUNE_DOCS, 0) in grid else grid[0]
     settings = two_step_settings(args, smoke)
     defaults = {k: [DEFAULT_QUERY_TERMS, k, TwoStepOptions().depth(k)] for k in (10, 1000)}

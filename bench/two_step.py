@@ -100,12 +100,8 @@ def timed(search_one: Callable[[dict[str, dict[str, int]]], object], queries: di
     """Latency of ``search_one`` over the queries one at a time (the caller's thread), holding the
     bench lock for the loop."""
     with common.bench_lock(lock) as state:
-        times = []
-        for qid, vector in queries.items():
-            start = time.perf_counter()
-            search_one({qid: vector})
-            times.append(time.perf_counter() - start)
-    return {**common.latency(times), "bench_lock": state}
+        figures = common.time_each(queries.items(), lambda query: search_one({query[0]: query[1]}))
+    return {**figures, "bench_lock": state}
 
 
 def collection_for(name: str, corpus: Path, cached: Path | None, work: Path, threads: int, log) -> Path:
@@ -210,8 +206,7 @@ def main() -> int:
         return merge(args.merge, args)
     names = args.datasets or (["demo"] if args.smoke else
                               [n for n in SETS if n != "demo" and SETS[n][0].is_file()])
-    prune_grid = tuple(dict.fromkeys((n, floor) for n in args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS)
-                                     for floor in args.prune_impact or [0]))
+    prune_grid = common.prune_grid(args.prune_docs or ((8, 32) if args.smoke else PRUNE_DOCS), args.prune_impact)
     query_grid = tuple((q or None) for q in args.query_terms) if args.query_terms else \
         ((5, None) if args.smoke else QUERY_TERMS)
     depths = ((10, 10), (10, 20), (40, 40)) if args.smoke else DEPTHS
